@@ -1,0 +1,125 @@
+"""Shared plumbing for the transforms: validation, dtype rules, the centered grid.
+
+Conventions (METHODS.md §1): index ``i = 0..N-1`` stands for the coordinate ``c = i - N//2``
+(the fftshift convention). Every transform computes in complex64, or complex128 for float64 /
+complex128 inputs; bf16 and fp16 inputs are upcast because torch's FFT refuses them on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Order = float | int | torch.Tensor
+
+TWO_PI = 2.0 * math.pi
+
+
+def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """complex128 for float64/complex128 inputs, complex64 for everything else."""
+    if dtype in (torch.float64, torch.complex128):
+        return torch.complex128
+    return torch.complex64
+
+
+def as_complex(x: torch.Tensor) -> torch.Tensor:
+    """Validate ``x`` and return it as a complex tensor of the compute dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(
+            f"transforms need a floating-point or complex tensor, got dtype {x.dtype}; "
+            "cast it first, e.g. x.float()"
+        )
+    return x.to(complex_dtype_for(x.dtype))
+
+
+def check_length(n: int) -> None:
+    if n < 2:
+        raise ValueError(f"a transform needs a length of at least 2 along `dim`, got {n}")
+
+
+def prepare_order(
+    order: Order, x: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Return the order as a float64 tensor and the shape it broadcasts with (after ``dim`` is last).
+
+    A Python number or 0-d tensor applies to the whole input. A 1-d tensor of length E gives one
+    order per entry of the leading axis of ``x`` (the expert axis), which must have length E.
+    The float64 copy is differentiable, so gradients still reach a float32 ``order`` parameter.
+    """
+    if isinstance(order, torch.Tensor):
+        if order.dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"order has dtype {order.dtype}; keep orders in float32 or float64 (a bf16 "
+                "order 0.37 rounds to 0.369, which moves the transform by over 70% at N=1024)"
+            )
+        if order.is_complex() or not order.is_floating_point():
+            order = order.to(torch.float64) if not order.is_complex() else order
+            if order.is_complex():
+                raise ValueError("order must be real")
+        if order.dim() > 1:
+            raise ValueError(f"order must be a scalar or a 1-d tensor, got shape {tuple(order.shape)}")
+        if order.device.type == "cpu":
+            if not bool(torch.isfinite(order).all()):
+                raise ValueError(f"order must be finite, got {order.detach().tolist()}")
+        else:  # no host sync on accelerators: the check runs asynchronously
+            torch._assert_async(torch.isfinite(order).all(), "order must be finite")
+        a = order.to(device=x.device, dtype=torch.float64)
+    else:
+        a_f = float(order)
+        if not math.isfinite(a_f):
+            raise ValueError(f"order must be finite, got {order!r}")
+        a = torch.tensor(a_f, dtype=torch.float64, device=x.device)
+    if a.dim() == 0:
+        return a, ()
+    ndim = x.dim()
+    if dim % ndim == 0:
+        raise ValueError(
+            "a 1-d order is one order per entry of the leading (expert) axis, so `dim` cannot "
+            "be 0; move the transform axis elsewhere"
+        )
+    if ndim < 2 or x.shape[0] != a.shape[0]:
+        raise ValueError(
+            f"a 1-d order of length {a.shape[0]} needs an input whose leading (expert) axis has "
+            f"that length; got input shape {tuple(x.shape)}"
+        )
+    # Shape of the order once the transform axis is moved last: (E, 1, ..., 1, 1).
+    return a, (a.shape[0],) + (1,) * (ndim - 1)
+
+
+def centered_coords(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Float64 centered coordinates ``i - n//2`` for ``i = 0..n-1``."""
+    return torch.arange(n, dtype=torch.float64, device=device) - (n // 2)
+
+
+def unit_phasor(phase: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
+    """``exp(i·phase)`` with the phase reduced mod 2π in float64 before the cast.
+
+    Chirp phases reach πN/4 radians; float32 phases would cost about 100× accuracy.
+    ``remainder`` has gradient 1 almost everywhere, so the order still gets its gradient.
+    """
+    phase = torch.remainder(phase.to(torch.float64), TWO_PI)
+    return torch.polar(torch.ones_like(phase), phase).to(cdtype)
+
+
+def reverse_centered(x: torch.Tensor) -> torch.Tensor:
+    """Reversal on the centered grid, ``x[c] -> x[-c]`` along the last axis (this is F²).
+
+    Index i maps to ``(2·(n//2) - i) mod n``: a flip for odd n; for even n the coordinate -n/2
+    has no mirror and stays in place.
+    """
+    n = x.shape[-1]
+    flipped = torch.flip(x, dims=(-1,))
+    return flipped if n % 2 else torch.roll(flipped, shifts=1, dims=-1)
+
+
+def reduce_order(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``a = 2m + a'`` with ``a' in [-1, 1]``; return ``(a', m odd)``.
+
+    Periodicity (F⁴ = I) and F² = reversal mean only the parity of m matters. Tensor ops only:
+    no Python branching on the value of the order.
+    """
+    m = torch.round(a / 2.0)
+    return a - 2.0 * m, torch.remainder(m, 2.0) == 1.0

@@ -1,9 +1,67 @@
-"""frame-peft: mixture-of-experts adapters in a learnable fractional-Fourier domain."""
+"""frame-peft: mixture-of-experts adapters in a learnable fractional-Fourier domain.
+
+```python
+import frame_peft as fp
+cfg = fp.FrameConfig(target_modules=["q_proj", "v_proj"], num_experts=8, top_k=2, rank=4)
+model = fp.inject(base_model, cfg)
+with fp.routing_context(attention_mask=mask):
+    out = model(**batch)
+loss = out.loss + fp.aux_loss(model)
+```
+"""
 
 from __future__ import annotations
 
 from . import transforms
+from .core.adapter import AdaptedLinear, Adapter, NotMergeableError
+from .core.config import AdapterConfig, config_from_dict, method_names, register_method
+from .core.inject import (
+    adapted_layers,
+    aux_loss,
+    aux_stats,
+    count_parameters,
+    disable_adapters,
+    inject,
+    orders,
+    set_adapters_enabled,
+    unload,
+)
+from .core.merge import merge_and_unload
+from .core.serialization import adapter_state_dict, load_adapter, save_adapter
+from .methods import FrameConfig, LoRAConfig, MoELoRAConfig
+from .optim import AdapterOptimizer, build_optimizer, is_order_parameter
+from .routing import routing_context
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__", "transforms"]
+__all__ = [
+    "AdaptedLinear",
+    "Adapter",
+    "AdapterConfig",
+    "AdapterOptimizer",
+    "FrameConfig",
+    "LoRAConfig",
+    "MoELoRAConfig",
+    "NotMergeableError",
+    "__version__",
+    "adapted_layers",
+    "adapter_state_dict",
+    "aux_loss",
+    "aux_stats",
+    "build_optimizer",
+    "config_from_dict",
+    "count_parameters",
+    "disable_adapters",
+    "inject",
+    "is_order_parameter",
+    "load_adapter",
+    "merge_and_unload",
+    "method_names",
+    "orders",
+    "register_method",
+    "routing_context",
+    "save_adapter",
+    "set_adapters_enabled",
+    "transforms",
+    "unload",
+]

@@ -1,0 +1,1 @@
+"""The injection / serialisation core shared by every adapter."""

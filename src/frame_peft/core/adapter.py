@@ -1,0 +1,123 @@
+"""The adapter protocol and the layer that wraps a frozen Linear / GPT-2 Conv1D.
+
+An adapted layer computes ``y = base(x) + adapter(dropout(x), x)``: the frozen base output plus a
+scaled update. An :class:`Adapter` is a small module that says only what is special about its
+method:
+
+- ``forward(x, route_x) -> Δy``: ``x`` (..., d_in) is the (dropped-out) adapter input,
+  ``route_x`` the clean input for routers; returns (..., d_out), already scaled.
+- ``delta_weight() -> ΔW`` (d_out, d_in) when the update is a fixed matrix (for merging), else
+  raise :class:`NotMergeableError`.
+- ``active_parameters()``: adapter parameters used per token (k of E experts plus the router).
+- ``fp32_parameters``: parameter names that stay float32 when the model is cast to bf16/fp16
+  (router weights, fractional orders: rounding them changes the maths).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..routing import RoutingState
+
+
+class NotMergeableError(ValueError):
+    """The adapter's update depends on the input (routing), so it has no single ΔW."""
+
+
+def conv1d_class() -> type | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional for plain-torch models
+        return None
+    return Conv1D
+
+
+def is_adaptable(module: nn.Module) -> bool:
+    conv = conv1d_class()
+    return isinstance(module, nn.Linear) or (conv is not None and isinstance(module, conv))
+
+
+def layer_features(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a Linear or a GPT-2 Conv1D (weight stored (in, out))."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    w = module.weight
+    return int(w.shape[0]), int(w.shape[1])
+
+
+class Adapter(nn.Module):
+    """Base class of every adapter; see the module docstring for the protocol."""
+
+    fp32_parameters: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        settings: dict[str, Any],
+        state: RoutingState,
+        name: str,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.name = name
+        self.state = state
+        self.scale = float(settings["alpha"]) / float(settings["rank"])
+
+    def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotMergeableError(f"{type(self).__name__} at {self.name} has no fixed ΔW")
+
+    def active_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _apply(self, fn, recurse=True):  # keep routers and orders in float32 under .to(bf16)
+        saved = {n: p.data for n, p in self.named_parameters() if n in self.fp32_parameters}
+        super()._apply(fn, recurse)
+        for n, data in saved.items():
+            p = self.get_parameter(n)
+            if p.dtype in (torch.float16, torch.bfloat16):
+                p.data = data.to(device=p.device)
+        return self
+
+
+class AdaptedLinear(nn.Module):
+    """A frozen ``base_layer`` plus an ``adapter``: ``y = base(x) + adapter(dropout(x), x)``."""
+
+    def __init__(self, base_layer: nn.Module, adapter: Adapter, dropout: float) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter = adapter
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled = True
+
+    @property
+    def in_features(self) -> int:
+        return self.adapter.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.adapter.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # some model code reads .weight of its projections
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        if not self.enabled:
+            return out
+        return out + self.adapter(self.dropout(x), x).to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"enabled={self.enabled}"

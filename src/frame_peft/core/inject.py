@@ -1,0 +1,226 @@
+"""Inject adapters into any ``nn.Module`` (a Hugging Face model or a plain MLP) and manage them.
+
+``inject`` swaps every target Linear / GPT-2 Conv1D for an :class:`AdaptedLinear`, freezes
+everything else, and registers one forward pre-hook on the model that opens a fresh routing
+record per forward and captures the call's ``attention_mask`` for the routing statistics. No model
+code is patched. Every check runs before the model is touched, so a failed ``inject`` leaves it
+unchanged; :func:`unload` undoes an injection exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..routing import RoutingState
+from .adapter import AdaptedLinear, Adapter, is_adaptable, layer_features
+from .config import AdapterConfig, adapter_class
+
+STATE_ATTR = "_frame_peft"
+
+
+@dataclass
+class Injection:
+    """What ``inject`` did to a model (a plain attribute on it, never saved in its state dict)."""
+
+    config: AdapterConfig
+    state: RoutingState
+    layers: dict[str, AdaptedLinear]
+    requires_grad: dict[str, bool]
+    hook: torch.utils.hooks.RemovableHandle | None = field(default=None, repr=False)
+
+
+def find_injection(model: nn.Module) -> Injection | None:
+    """The :class:`Injection` of ``model`` or of a wrapped inner model (DDP/FSDP ``.module``)."""
+    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        if m is not None and isinstance(getattr(m, STATE_ATTR, None), Injection):
+            return getattr(m, STATE_ATTR)
+    return None
+
+
+def require_injection(model: nn.Module) -> Injection:
+    inj = find_injection(model)
+    if inj is None:
+        raise ValueError(
+            "this model has no frame-peft adapters; call frame_peft.inject(model, config)"
+        )
+    return inj
+
+
+def _output_head_ids(model: nn.Module) -> set[int]:
+    ids = set()
+    get = getattr(model, "get_output_embeddings", None)
+    if callable(get):
+        with contextlib.suppress(Exception):
+            head = get()
+            if head is not None:
+                ids.add(id(head))
+    return ids
+
+
+def match_targets(model: nn.Module, target_modules: list[str] | str) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs that ``target_modules`` selects, with a helpful error if none."""
+    candidates = [(n, m) for n, m in model.named_modules() if n and is_adaptable(m)]
+    if target_modules == "all-linear":
+        heads = _output_head_ids(model)
+        picked = [
+            (n, m) for n, m in candidates if id(m) not in heads and n.split(".")[-1] != "lm_head"
+        ]
+    elif isinstance(target_modules, str):
+        picked = [(n, m) for n, m in candidates if re.fullmatch(target_modules, n)]
+    else:
+        picked = [
+            (n, m)
+            for n, m in candidates
+            if any(n == t or n.endswith("." + t) for t in target_modules)
+        ]
+    if not picked:
+        leaves = sorted({n.split(".")[-1] for n, _ in candidates})
+        raise ValueError(
+            f"target_modules={target_modules!r} matched no Linear/Conv1D module. Candidate "
+            f"names: {leaves} (e.g. {[n for n, _ in candidates[:3]]})"
+        )
+    return picked
+
+
+def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Add the adapters ``config`` describes to ``model`` in place, freeze the rest, return it.
+
+    Raises ``ValueError`` (leaving the model unchanged) if the model already has adapters,
+    nothing matches, or a module's settings are invalid for its shapes.
+    """
+    if not isinstance(config, AdapterConfig):
+        raise TypeError(
+            f"config must be an AdapterConfig (e.g. FrameConfig), got {type(config).__name__}"
+        )
+    if find_injection(model) is not None or any(
+        isinstance(m, AdaptedLinear) for m in model.modules()
+    ):
+        raise ValueError(
+            "this model already has frame-peft adapters; call frame_peft.unload(model) (or "
+            "merge_and_unload) before injecting again"
+        )
+    targets = match_targets(model, config.target_modules)
+    cls = adapter_class(config.method)
+    state = RoutingState()
+    built: dict[str, AdaptedLinear] = {}
+    for name, module in targets:  # build everything first: errors leave the model untouched
+        settings = config.settings_for(name)
+        d_in, d_out = layer_features(module)
+        adapter: Adapter = cls(d_in, d_out, settings, state, name)
+        adapter.to(device=module.weight.device)
+        built[name] = AdaptedLinear(module, adapter, settings["dropout"])
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, layer in built.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer)
+        for p in layer.adapter.parameters():
+            p.requires_grad_(True)
+    inj = Injection(config, state, built, requires_grad)
+    inj.hook = model.register_forward_pre_hook(_make_pre_hook(state), with_kwargs=True)
+    setattr(model, STATE_ATTR, inj)
+    return model
+
+
+def _make_pre_hook(state: RoutingState):
+    def hook(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        state.begin_forward(mask if isinstance(mask, torch.Tensor) else None)
+
+    return hook
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Remove the adapters without merging: restore the original modules and ``requires_grad``."""
+    inj = require_injection(model)
+    target = model if getattr(model, STATE_ATTR, None) is inj else model.module
+    for name, layer in inj.layers.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(target.get_submodule(parent_name), child, layer.base_layer)
+    _forget(target, inj)
+    return target
+
+
+def _forget(model: nn.Module, inj: Injection) -> None:
+    if inj.hook is not None:
+        inj.hook.remove()
+    for n, p in model.named_parameters():
+        if n in inj.requires_grad:
+            p.requires_grad_(inj.requires_grad[n])
+    delattr(model, STATE_ATTR)
+
+
+def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:
+    """``{module_name: AdaptedLinear}`` for every adapted module."""
+    return dict(require_injection(model).layers)
+
+
+def set_adapters_enabled(model: nn.Module, enabled: bool) -> None:
+    for layer in require_injection(model).layers.values():
+        layer.enabled = enabled
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the base model alone inside the block (adapters re-enabled after, even on error)."""
+    layers = require_injection(model).layers.values()
+    before = [layer.enabled for layer in layers]
+    set_adapters_enabled(model, False)
+    try:
+        yield model
+    finally:
+        for layer, was in zip(layers, before, strict=True):
+            layer.enabled = was
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor:
+    """The auxiliary routing loss of the model's latest forward, ready to add to the task loss.
+
+    Mean over mixture modules of each module's coefficient-weighted losses (balance, z),
+    computed over non-padding tokens only. A zero tensor for adapters without routing.
+    """
+    value = require_injection(model).state.aux_loss()
+    if value is None:
+        return torch.zeros((), device=_device_of(model))
+    return value
+
+
+def aux_stats(model: nn.Module) -> dict[str, float]:
+    """Per-kind means of the latest forward's aux losses (floats, for logging)."""
+    return require_injection(model).state.aux_stats()
+
+
+def orders(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{module_name: tensor[E]}``: the current fractional orders of every FRAME module."""
+    out = {}
+    for name, layer in require_injection(model).layers.items():
+        get = getattr(layer.adapter, "orders", None)
+        if callable(get):
+            out[name] = get().detach().clone()
+    return out
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"total", "trainable", "active_per_token"}``.
+
+    ``total`` counts every parameter (base and adapters), ``trainable`` those that require grad,
+    ``active_per_token`` the adapter parameters one token uses (k of E experts plus routers and
+    orders); papers report it as a share of the base model's parameters.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    inj = find_injection(model)
+    active = sum(layer.adapter.active_parameters() for layer in inj.layers.values()) if inj else 0
+    return {"total": total, "trainable": trainable, "active_per_token": active}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

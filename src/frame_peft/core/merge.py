@@ -1,0 +1,51 @@
+"""Merge adapters into the base weights: ``W ← W + ΔW`` where the update is a fixed matrix.
+
+``merge_weight`` is a pure function; ``merge_and_unload`` checks every module before changing any,
+so an unmergeable adapter (a routed mixture of several experts) raises and leaves the model as it
+was.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .adapter import AdaptedLinear, NotMergeableError
+from .inject import STATE_ATTR, _forget, require_injection
+
+
+def merge_weight(weight: torch.Tensor, delta: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """Return ``weight + ΔW`` in the weight's dtype.
+
+    ``transposed`` is for GPT-2 Conv1D weights, stored (in, out).
+    """
+    delta = delta.T if transposed else delta
+    return (weight.float() + delta.float().to(weight.device)).to(weight.dtype)
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and return the plain base model.
+
+    Exact for LoRA and for one-expert mixtures (including one-expert FRAME). Raises
+    :class:`~frame_peft.core.adapter.NotMergeableError` before touching anything otherwise.
+    """
+    inj = require_injection(model)
+    target = model if getattr(model, STATE_ATTR, None) is inj else model.module
+    with torch.no_grad():
+        deltas = {}
+        for name, layer in inj.layers.items():
+            try:
+                deltas[name] = layer.adapter.delta_weight()
+            except NotMergeableError as err:
+                raise NotMergeableError(f"cannot merge: {err}. Nothing was changed.") from err
+        for name, layer in inj.layers.items():
+            base = layer.base_layer
+            base.weight.data = merge_weight(base.weight.data, deltas[name], _is_conv1d(layer))
+            parent_name, _, child = name.rpartition(".")
+            setattr(target.get_submodule(parent_name), child, base)
+    _forget(target, inj)
+    return target
+
+
+def _is_conv1d(layer: AdaptedLinear) -> bool:
+    return not isinstance(layer.base_layer, nn.Linear)

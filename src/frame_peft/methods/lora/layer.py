@@ -1,0 +1,38 @@
+"""LoRA: ``Δy = (α/r) · B A x`` with A (r, d_in) Kaiming-uniform and B (d_out, r) zero.
+
+Parameter layout and initialisation match PEFT's LoRA, so the same A, B give the same logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...core.adapter import Adapter
+from ...core.mixture import init_lora_factors
+from ...routing import RoutingState
+
+
+class LoRAAdapter(Adapter):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        settings: dict[str, Any],
+        state: RoutingState,
+        name: str,
+    ) -> None:
+        super().__init__(in_features, out_features, settings, state, name)
+        r = settings["rank"]
+        self.A = nn.Parameter(torch.empty(r, in_features))
+        self.B = nn.Parameter(torch.empty(out_features, r))
+        init_lora_factors(self.A, self.B)
+
+    def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(F.linear(x, self.A.to(x.dtype)), self.B.to(x.dtype))
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scale * (self.B @ self.A)

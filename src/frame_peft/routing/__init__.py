@@ -1,0 +1,18 @@
+"""The routing core shared by every mixture adapter: router, losses, per-forward context."""
+
+from .context import AuxTerm, RoutingState, routing_context
+from .losses import grouped_switch_loss, load_and_importance, switch_loss, z_loss
+from .router import Router, Routing, select_experts
+
+__all__ = [
+    "AuxTerm",
+    "Router",
+    "Routing",
+    "RoutingState",
+    "grouped_switch_loss",
+    "load_and_importance",
+    "routing_context",
+    "select_experts",
+    "switch_loss",
+    "z_loss",
+]

@@ -1,0 +1,72 @@
+"""Auxiliary routing losses, as explicit functions of one module's routing.
+
+All take a token mask ``m`` (T,) of 0/1 floats (padding = 0) or ``None`` (all tokens count), and
+average over valid tokens only, ``n = Σ m``. With ``f`` the share of routed slots and ``P`` the
+mean router probability:
+
+- per-expert Switch:   ``L = E · Σ_e f_e P_e``   (1 at perfect balance)
+- order-grouped Switch: experts sorted by order, cut into G contiguous groups;
+  ``L = G · Σ_g f_g P_g`` with ``f_g, P_g`` summed over the group (1 at balance across groups)
+- router z-loss:       ``L = (1/n) Σ_t m_t · logsumexp(logits_t)²``
+
+``f`` counts are not differentiable (as in Switch); gradients flow through ``P`` and the logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .router import Routing
+
+
+def _mask_and_count(mask: torch.Tensor | None, num_tokens: int, ref: torch.Tensor):
+    if mask is None:
+        mask = torch.ones(num_tokens, dtype=torch.float32, device=ref.device)
+    mask = mask.to(dtype=torch.float32, device=ref.device).reshape(-1)
+    return mask, mask.sum().clamp_min(1.0)
+
+
+def load_and_importance(
+    routing: Routing, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f, P)``, each (E,): share of valid routed slots per expert and mean probability."""
+    probs, indices = routing.probs, routing.indices
+    m, n = _mask_and_count(mask, probs.shape[0], probs)
+    k = indices.shape[-1]
+    slot_weights = m.unsqueeze(-1).expand(-1, k).reshape(-1)
+    counts = torch.zeros(probs.shape[-1], device=probs.device).scatter_add(
+        0, indices.reshape(-1), slot_weights
+    )
+    f = counts / (n * k)
+    p = (probs * m.unsqueeze(-1)).sum(dim=0) / n
+    return f.detach(), p
+
+
+def switch_loss(routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-expert Switch load-balancing loss ``E · Σ_e f_e P_e``."""
+    f, p = load_and_importance(routing, mask)
+    return f.numel() * (f * p).sum()
+
+
+def grouped_switch_loss(
+    routing: Routing, mask: torch.Tensor | None, orders: torch.Tensor, num_groups: int
+) -> torch.Tensor:
+    """Order-grouped Switch loss: balance across G groups of experts with neighbouring orders.
+
+    ``orders`` (E,) decides the grouping only (it is detached): experts are sorted by order and
+    position ``j`` of the sort goes to group ``j·G // E``.
+    """
+    f, p = load_and_importance(routing, mask)
+    num_experts = f.numel()
+    rank = torch.argsort(torch.argsort(orders.detach()))
+    group = (rank * num_groups) // num_experts
+    f_g = torch.zeros(num_groups, device=f.device).scatter_add(0, group, f)
+    p_g = torch.zeros(num_groups, device=p.device, dtype=p.dtype).scatter_add(0, group, p)
+    return num_groups * (f_g * p_g).sum()
+
+
+def z_loss(routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:
+    """Router z-loss: mean over valid tokens of ``logsumexp(logits)²``."""
+    logits = routing.logits
+    m, n = _mask_and_count(mask, logits.shape[0], logits)
+    return (torch.logsumexp(logits, dim=-1).square() * m).sum() / n

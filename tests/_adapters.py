@@ -1,0 +1,30 @@
+"""Adapter configs for the parametrised test matrix (small sizes, dropout off for determinism)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import frame_peft as fp
+
+CONFIGS = {
+    "lora": lambda t: fp.LoRAConfig(target_modules=t, rank=4, dropout=0.0),
+    "moe-lora": lambda t: fp.MoELoRAConfig(
+        target_modules=t, num_experts=4, top_k=2, rank=2, dropout=0.0
+    ),
+    "frame": lambda t: fp.FrameConfig(
+        target_modules=t, num_experts=4, top_k=2, rank=2, dropout=0.0
+    ),
+    "frame-exact": lambda t: fp.FrameConfig(
+        target_modules=t, num_experts=4, top_k=2, rank=2, dropout=0.0, transform="exact"
+    ),
+}
+
+
+def perturb(model: nn.Module, std: float = 0.1, seed: int = 123) -> None:
+    """Move every adapter's zero-initialised output factor B away from zero (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("adapter.B"):
+                p.copy_(torch.randn(p.shape, generator=g) * std)

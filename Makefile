@@ -37,6 +37,7 @@ test-slow: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_transforms.py
+	$(BIN)/python benchmarks/bench_layers.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -143,3 +143,22 @@ def test_saved_files_and_config(tmp_path):
     assert (out / "adapter_model.safetensors").is_file()
     cfg = fp.config_from_dict({k: v for k, v in meta.items() if k != "frame_peft"})
     assert cfg == CONFIGS["frame"]("all-linear")
+
+
+def test_build_optimizer_on_frame_model_trains_orders_separately():
+    model, _ = build("llama", "frame")
+    opt = fp.build_optimizer(model, lr=1e-2, order_lr=1e-1)
+    order_params = {id(p) for g in opt.order.param_groups for p in g["params"]}
+    n_modules = len(fp.adapted_layers(model))
+    assert len(order_params) == n_modules
+    assert all(g["lr"] == 1e-1 for g in opt.order.param_groups)
+    perturb(model)
+    model.train()
+    before = fp.orders(model)
+    for _ in range(3):
+        out = model(**batch())
+        (out.loss + fp.aux_loss(model)).backward()
+        opt.step()
+        opt.zero_grad()
+    after = fp.orders(model)
+    assert all((after[k] - before[k]).abs().max() > 1e-4 for k in before)

@@ -88,6 +88,19 @@ def match_targets(model: nn.Module, target_modules: list[str] | str) -> list[tup
     return picked
 
 
+def layer_indices(names: list[str]) -> dict[str, int | None]:
+    """Depth of each module: the first integer path component (``model.layers.3.mlp`` -> 3).
+
+    Adapters whose behaviour depends on depth (HMoRA's routing mix) read it from their settings
+    as ``layer_index`` (None when the name has no integer component) and ``num_layers``.
+    """
+    out = {}
+    for name in names:
+        parts = [p for p in name.split(".") if p.isdigit()]
+        out[name] = int(parts[0]) if parts else None
+    return out
+
+
 def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Add the adapters ``config`` describes to ``model`` in place, freeze the rest, return it.
 
@@ -109,8 +122,11 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
     cls = adapter_class(config.method)
     state = RoutingState()
     built: dict[str, AdaptedLinear] = {}
+    depth = layer_indices([n for n, _ in targets])
+    num_layers = max((d for d in depth.values() if d is not None), default=-1) + 1
     for name, module in targets:  # build everything first: errors leave the model untouched
         settings = config.settings_for(name)
+        settings["layer_index"], settings["num_layers"] = depth[name], num_layers
         d_in, d_out = layer_features(module)
         adapter: Adapter = cls(d_in, d_out, settings, state, name)
         adapter.to(device=module.weight.device)

@@ -1,8 +1,19 @@
-"""Built-in adapter methods, one folder each (config + layer). Importing registers them."""
+"""Built-in adapter methods, one folder each (``config.py`` + ``layer.py``).
+
+Importing this package imports every method folder in it, and each folder's ``__init__`` calls
+:func:`frame_peft.register_method`, so a new method needs no edit here.
+"""
+
+import importlib
+import pkgutil
 
 from .frame import FrameAdapter, FrameConfig
 from .lora import LoRAAdapter, LoRAConfig
 from .moe_lora import MoELoRAAdapter, MoELoRAConfig
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.ispkg:
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
     "FrameAdapter",

@@ -18,13 +18,22 @@ CONFIGS = {
     "frame-exact": lambda t: fp.FrameConfig(
         target_modules=t, num_experts=4, top_k=2, rank=2, dropout=0.0, transform="exact"
     ),
+    "fouriermoe": lambda t: fp.FourierMoEConfig(
+        target_modules=t, num_experts=4, top_k=2, num_coefficients=16, dropout=0.0
+    ),
+    "hydralora": lambda t: fp.HydraLoRAConfig(target_modules=t, num_experts=3, rank=2, dropout=0.0),
+    "hmora": lambda t: fp.HMoRAConfig(target_modules=t, num_experts=4, rank=2, dropout=0.0),
+    "flylora": lambda t: fp.FlyLoRAConfig(target_modules=t, rank=8, top_k=2, dropout=0.0),
 }
+
+# Zero-initialised output parameters of each method, which ``perturb`` moves.
+OUTPUT_PARAMS = ("adapter.B", "adapter.coef_real", "adapter.coef_imag")
 
 
 def perturb(model: nn.Module, std: float = 0.1, seed: int = 123) -> None:
-    """Move every adapter's zero-initialised output factor B away from zero (seeded)."""
+    """Move every adapter's zero-initialised output parameters away from zero (seeded)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("adapter.B"):
+            if name.endswith(OUTPUT_PARAMS):
                 p.copy_(torch.randn(p.shape, generator=g) * std)

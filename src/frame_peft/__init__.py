@@ -28,7 +28,15 @@ from .core.inject import (
 )
 from .core.merge import merge_and_unload
 from .core.serialization import adapter_state_dict, load_adapter, save_adapter
-from .methods import FrameConfig, LoRAConfig, MoELoRAConfig
+from .methods import (
+    FlyLoRAConfig,
+    FourierMoEConfig,
+    FrameConfig,
+    HMoRAConfig,
+    HydraLoRAConfig,
+    LoRAConfig,
+    MoELoRAConfig,
+)
 from .optim import AdapterOptimizer, build_optimizer, is_order_parameter
 from .routing import routing_context
 
@@ -39,7 +47,11 @@ __all__ = [
     "Adapter",
     "AdapterConfig",
     "AdapterOptimizer",
+    "FlyLoRAConfig",
+    "FourierMoEConfig",
     "FrameConfig",
+    "HMoRAConfig",
+    "HydraLoRAConfig",
     "LoRAConfig",
     "MoELoRAConfig",
     "NotMergeableError",

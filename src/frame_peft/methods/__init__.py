@@ -7,7 +7,11 @@ Importing this package imports every method folder in it, and each folder's ``__
 import importlib
 import pkgutil
 
+from .flylora import FlyLoRAAdapter, FlyLoRAConfig
+from .fouriermoe import FourierMoEAdapter, FourierMoEConfig
 from .frame import FrameAdapter, FrameConfig
+from .hmora import HMoRAAdapter, HMoRAConfig
+from .hydralora import HydraLoRAAdapter, HydraLoRAConfig
 from .lora import LoRAAdapter, LoRAConfig
 from .moe_lora import MoELoRAAdapter, MoELoRAConfig
 
@@ -16,8 +20,16 @@ for _info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
+    "FlyLoRAAdapter",
+    "FlyLoRAConfig",
+    "FourierMoEAdapter",
+    "FourierMoEConfig",
     "FrameAdapter",
     "FrameConfig",
+    "HMoRAAdapter",
+    "HMoRAConfig",
+    "HydraLoRAAdapter",
+    "HydraLoRAConfig",
     "LoRAAdapter",
     "LoRAConfig",
     "MoELoRAAdapter",

@@ -29,8 +29,15 @@ def _mask_and_count(mask: torch.Tensor | None, num_tokens: int, ref: torch.Tenso
 def load_and_importance(
     routing: Routing, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f, P)``, each (E,): share of valid routed slots per expert and mean probability."""
+    """``(f, P)``, each (E,): share of valid routed slots per expert and mean probability.
+
+    A dense router (k = E) sends every token to every expert, so its slot share is uniform by
+    construction and would give the loss no gradient; its load counts each token's most
+    probable expert instead.
+    """
     probs, indices = routing.probs, routing.indices
+    if indices.shape[-1] == probs.shape[-1] and probs.shape[-1] > 1:
+        indices = probs.argmax(dim=-1, keepdim=True)
     m, n = _mask_and_count(mask, probs.shape[0], probs)
     k = indices.shape[-1]
     slot_weights = m.unsqueeze(-1).expand(-1, k).reshape(-1)

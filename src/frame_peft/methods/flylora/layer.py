@@ -1,0 +1,131 @@
+"""FlyLoRA: a frozen sparse random projection A, a trainable B, and top-k rank selection.
+
+Shapes: A (r, d_in) a frozen persistent buffer; B (d_out, r) trainable, zero at init; the
+selection bias b (r,) a persistent buffer (no gradient). Each row of A has
+``p = round(d_in · k / r)`` non-zeros (at least 1, at most d_in) at random positions, valued
+N(0, 1/r²), drawn from a generator seeded by the config ``seed`` and a stable hash of the module
+name (modules differ; a rebuild gives the same A; A is saved in the adapter file anyway). For
+tokens x (..., d_in)::
+
+    y_A  = A x                                   (..., r)
+    m    = top-k mask of |y_A + b| per token     (..., r), k ones
+    Δy   = (α/r) · B (y_A ⊙ m)                   (..., d_out)
+
+The selection is taken on the adapter input (after dropout), the same ``y_A`` the update uses.
+Gradients reach B (and x) through the kept ranks only; the mask is piecewise constant.
+
+Load balance (not by gradient): after each training forward (``self.training`` and grad mode on)
+with per-rank selection counts ``c`` (r,) over the valid tokens (padding excluded when the model
+call has an ``attention_mask``, through the shared routing state)::
+
+    b ← b + u · sign(mean(c) − c)
+
+so an over-selected rank's bias falls and an under-selected one's rises. Evaluation and no-grad
+forwards never change b. Note: activation checkpointing re-runs forwards with grad on and would
+update b twice; data-parallel replicas update their own b (sync or broadcast it if that matters).
+
+A and b stay float32 when the model is cast to bf16/fp16 (a 1e-3 step is lost in bf16 once
+|b| > 0.25); A is cast to the input dtype for the matmul. With k = r the mask is all ones and
+FlyLoRA is a LoRA with this fixed A: ``ΔW = (α/r) B A``, mergeable; otherwise it is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...core.adapter import Adapter, NotMergeableError
+from ...routing import RoutingState
+
+_FP32_BUFFERS = ("A", "rank_bias")
+
+
+def module_seed(seed: int, name: str) -> int:
+    """A stable 63-bit seed from the config seed and the module name (not Python's ``hash``)."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sparse_projection(
+    rank: int, in_features: int, nonzeros: int, generator: torch.Generator
+) -> torch.Tensor:
+    """(rank, in_features) float32 with exactly ``nonzeros`` N(0, 1/rank²) entries per row."""
+    positions = torch.rand(rank, in_features, generator=generator).argsort(dim=1)[:, :nonzeros]
+    values = torch.randn(rank, nonzeros, generator=generator) / rank
+    return torch.zeros(rank, in_features).scatter_(1, positions, values)
+
+
+class FlyLoRAAdapter(Adapter):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        settings: dict[str, Any],
+        state: RoutingState,
+        name: str,
+    ) -> None:
+        super().__init__(in_features, out_features, settings, state, name)
+        r, k = settings["rank"], settings["top_k"]
+        self.rank, self.top_k = r, k
+        self.bias_update_rate = float(settings["bias_update_rate"])
+        self.nonzeros = min(in_features, max(1, round(in_features * k / r)))
+        g = torch.Generator().manual_seed(module_seed(settings["seed"], name))
+        self.register_buffer("A", sparse_projection(r, in_features, self.nonzeros, g))
+        self.register_buffer("rank_bias", torch.zeros(r))
+        self.B = nn.Parameter(torch.zeros(out_features, r))
+
+    def _apply(self, fn, recurse=True):  # keep the frozen A and the bias b in float32
+        saved = {n: self._buffers[n] for n in _FP32_BUFFERS if self._buffers.get(n) is not None}
+        super()._apply(fn, recurse)
+        for n, old in saved.items():
+            new = self._buffers[n]
+            if new.dtype in (torch.float16, torch.bfloat16):
+                self._buffers[n] = old.to(device=new.device)
+        return self
+
+    def selection_mask(self, y: torch.Tensor) -> torch.Tensor:
+        """(T, r) -> (T, r) 0/1 mask (y's dtype) of the k largest ``|y + b|`` per token."""
+        score = (y.detach().float() + self.rank_bias).abs()
+        idx = score.topk(self.top_k, dim=-1).indices
+        return torch.zeros_like(y).scatter_(-1, idx, 1.0)
+
+    @torch.no_grad()
+    def update_bias(self, mask: torch.Tensor, lead_shape: torch.Size) -> None:
+        """``b ← b + u · sign(mean(c) − c)``, c the per-rank counts of (T, r) ``mask``."""
+        valid = self.state.token_mask(lead_shape)
+        m = mask.float()
+        if valid is not None:
+            m = m * valid.to(device=m.device, dtype=m.dtype).reshape(-1, 1)
+        counts = m.sum(dim=0)
+        self.rank_bias.add_(self.bias_update_rate * torch.sign(counts.mean() - counts))
+
+    def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
+        """x (..., d_in) -> Δy (..., d_out); updates b after a training forward (k < r)."""
+        y = F.linear(x, self.A.to(x.dtype))  # (..., r)
+        if self.top_k < self.rank:
+            lead = x.shape[:-1]
+            mask = self.selection_mask(y.reshape(-1, self.rank))
+            if self.training and torch.is_grad_enabled():
+                self.update_bias(mask, lead)
+            y = y * mask.reshape(y.shape)
+        return self.scale * F.linear(y, self.B.to(x.dtype))
+
+    def delta_weight(self) -> torch.Tensor:
+        if self.top_k != self.rank:
+            raise NotMergeableError(
+                f"{self.name}: FlyLoRA keeps {self.top_k} of {self.rank} ranks per token, so "
+                "it has no single ΔW to merge; only top_k == rank merges"
+            )
+        return self.scale * (self.B @ self.A)
+
+    def active_parameters(self) -> int:
+        """``k · d_out``: the k columns of B one token uses.
+
+        The frozen A is a buffer, not a parameter, and is not counted (it holds r·p fixed random
+        non-zeros, of which a token's k kept rows touch k·p); there is no router.
+        """
+        return self.top_k * self.out_features

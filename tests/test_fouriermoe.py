@@ -1,0 +1,404 @@
+"""FourierMoE (METHODS.md §3): matrix behaviour on tiny Llama / Qwen2 / GPT-2, the spectral maths,
+the exact relation to PEFT's FourierFT, the frequency-adaptive router and config validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import frame_peft as fp
+from _models import MODELS, batch
+from frame_peft.core.inject import find_injection
+from frame_peft.methods.fouriermoe import FourierMoEAdapter, FourierMoEConfig
+from frame_peft.methods.fouriermoe.layer import (
+    band_energies,
+    centered_label,
+    frequency_rings,
+    half_plane_size,
+)
+from frame_peft.routing import RoutingState
+
+
+def make_config(t):
+    return FourierMoEConfig(
+        target_modules=t, num_experts=4, top_k=2, num_coefficients=16, dropout=0.0
+    )
+
+
+def perturb(model: nn.Module, std: float = 0.1, seed: int = 123) -> None:
+    """Move every zero-initialised coefficient (real and imaginary parts) away from zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("adapter.coef_real", "adapter.coef_imag")):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def inputs():
+    return {k: v for k, v in batch().items() if k != "labels"}
+
+
+def build(model_name: str):
+    base = MODELS[model_name]()
+    with torch.no_grad():
+        ref = base(**inputs()).logits
+    return fp.inject(base, make_config("all-linear")), ref
+
+
+def adapter(d_in=16, d_out=24, **kw) -> FourierMoEAdapter:
+    cfg = FourierMoEConfig(**{"num_experts": 4, "top_k": 2, "num_coefficients": 8, **kw})
+    a = FourierMoEAdapter(d_in, d_out, cfg.settings_for("m"), RoutingState(), "m")
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        a.coef_real.normal_(generator=g)
+        a.coef_imag.normal_(generator=g)
+    return a
+
+
+# --- the matrix ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_identity_at_init_and_disable(model_name):
+    model, ref = build(model_name)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs()).logits, ref)
+        perturb(model)
+        moved = model(**inputs()).logits
+        assert (moved - ref).abs().max() > 1e-4
+        with fp.disable_adapters(model):
+            assert torch.equal(model(**inputs()).logits, ref)
+        assert torch.equal(model(**inputs()).logits, moved)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_only_adapter_parameters_train_and_counts(model_name):
+    model, _ = build(model_name)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if ".adapter." in n}
+    assert not any(".adapter.positions" in n for n in trainable)  # a buffer, never trained
+    counts = fp.count_parameters(model)
+    layers = fp.adapted_layers(model)
+    # k·2n + W_x + W_f per module (k = 2, n = 16, E = 4)
+    expected = sum(2 * 2 * 16 + 4 * la.in_features + 4 * 4 for la in layers.values())
+    assert counts["active_per_token"] == expected
+    assert 0 < counts["active_per_token"] <= counts["trainable"] < counts["total"]
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_training_steps_reduce_loss_and_record_aux(model_name):
+    model, _ = build(model_name)
+    model.train()
+    data = batch()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(6):
+        out = model(**data)
+        aux = fp.aux_loss(model)
+        assert torch.isfinite(aux) and aux > 0
+        losses.append(float(out.loss.detach()))
+        (out.loss + aux).backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < losses[0] - 1e-3, losses
+    terms = find_injection(model).state.current.terms
+    assert len(terms) == len(fp.adapted_layers(model))
+    assert all(float(t.num_tokens) == float(data["attention_mask"].sum()) for t in terms)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_fp32_and_bf16_forward_finite(model_name):
+    model, _ = build(model_name)
+    perturb(model)
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs()).logits).all()
+        model.to(torch.bfloat16)
+        out = model(**inputs()).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    for name, p in model.named_parameters():
+        if name.endswith("router.weight"):  # W_x and W_f (freq_router.weight)
+            assert p.dtype == torch.float32, name
+    for name, b in model.named_buffers():
+        if name.endswith("adapter.positions"):
+            assert b.dtype == torch.int64
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, torch
+    sys.path.insert(0, {tests!r})
+    import frame_peft as fp
+    from _models import MODELS, batch
+    for job in json.loads({jobs!r}):
+        model = fp.load_adapter(MODELS[job["model"]](), job["dir"])
+        with torch.no_grad():
+            logits = model(**{{k: v for k, v in batch().items() if k != "labels"}}).logits
+        pos = {{n: b for n, b in model.named_buffers() if n.endswith("adapter.positions")}}
+        torch.save({{"logits": logits, "positions": pos}}, job["out"])
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def reloaded(tmp_path_factory):
+    """Save one perturbed adapter per model, reload all of them in one fresh process."""
+    root = tmp_path_factory.mktemp("reload")
+    jobs, expected = [], {}
+    for model_name in MODELS:
+        model, _ = build(model_name)
+        perturb(model)
+        with torch.no_grad():
+            logits = model(**inputs()).logits
+        pos = {n: b.clone() for n, b in model.named_buffers() if n.endswith("adapter.positions")}
+        expected[model_name] = {"logits": logits, "positions": pos}
+        d = root / model_name
+        fp.save_adapter(model, d)
+        jobs.append({"model": model_name, "dir": str(d), "out": str(d / "out.pt")})
+    code = _CHILD.format(tests=os.path.dirname(__file__), jobs=json.dumps(jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
+    return {m: (expected[m], torch.load(root / m / "out.pt")) for m in MODELS}
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_save_load_new_process_bit_identical(reloaded, model_name):
+    expected, got = reloaded[model_name]
+    assert torch.equal(expected["logits"], got["logits"])
+    assert expected["positions"].keys() == got["positions"].keys()
+    assert expected["positions"]
+    for k, v in expected["positions"].items():
+        assert torch.equal(v, got["positions"][k]), k
+
+
+def test_positions_are_loaded_from_the_file_not_rederived(tmp_path):
+    model, _ = build("llama")
+    perturb(model)
+    name, layer = next(iter(fp.adapted_layers(model).items()))
+    with torch.no_grad():  # swap two experts' positions: a valid but non-default layout
+        layer.adapter.positions.copy_(layer.adapter.positions.flip(0))
+        expected = model(**inputs()).logits
+    fp.save_adapter(model, tmp_path / "ad")
+    loaded = fp.load_adapter(MODELS["llama"](), tmp_path / "ad")
+    got = fp.adapted_layers(loaded)[name].adapter.positions
+    assert torch.equal(got, layer.adapter.positions)
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs()).logits, expected)
+
+
+# --- positions and bands ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(24, 16), (15, 33), (32, 32), (17, 17)])
+def test_half_plane_and_rings(d_out, d_in):
+    uv, bounds = frequency_rings(d_out, d_in, 4)
+    assert uv.shape[0] == half_plane_size(d_out, d_in)
+    u, v = uv[:, 0] % d_out, uv[:, 1] % d_in
+    keys = set(zip(u.tolist(), v.tolist(), strict=True))
+    mirrors = set(zip(((-u) % d_out).tolist(), ((-v) % d_in).tolist(), strict=True))
+    assert len(keys) == uv.shape[0]  # distinct
+    assert not keys & mirrors  # never both (u, v) and (−u, −v), never self-conjugate
+    assert len(keys | mirrors) + (d_out * d_in - 2 * len(keys)) == d_out * d_in
+    rho = (uv[:, 0].double() / d_out) ** 2 + (uv[:, 1].double() / d_in) ** 2
+    assert torch.all(rho[1:] >= rho[:-1])  # sorted by radial frequency
+    sizes = bounds.diff()
+    assert sizes.max() - sizes.min() <= 1  # equal-count rings
+
+
+def test_each_expert_draws_distinct_positions_in_its_ring():
+    a = adapter(16, 24, num_coefficients=10)
+    uv, bounds = frequency_rings(24, 16, 4)
+    ring_of = {tuple(p): e for e in range(4) for p in uv[bounds[e] : bounds[e + 1]].tolist()}
+    for e in range(4):
+        pts = [tuple(p) for p in a.positions[e].tolist()]
+        assert len(set(pts)) == 10
+        assert all(ring_of[p] == e for p in pts)
+    b = FourierMoEAdapter(16, 24, a_settings(), RoutingState(), "other.module")
+    c = FourierMoEAdapter(16, 24, a_settings(), RoutingState(), "m")
+    assert not torch.equal(b.positions, a.positions)  # the name enters the seed
+    assert torch.equal(c.positions, a.positions)  # and is stable
+
+
+def a_settings():
+    cfg = FourierMoEConfig(num_experts=4, top_k=2, num_coefficients=10)
+    return cfg.settings_for("m")
+
+
+def test_centered_label():
+    assert centered_label(torch.arange(4), 4).tolist() == [0, 1, -2, -1]
+    assert centered_label(torch.arange(5), 5).tolist() == [0, 1, 2, -2, -1]
+
+
+# --- the spectral maths ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(24, 16), (15, 33), (32, 32)])
+def test_dense_delta_weight_is_real(d_out, d_in):
+    a = adapter(d_in, d_out)
+    dw = a.dense_delta_weights(torch.float64, complex_result=True)
+    assert dw.real.abs().max() > 1e-2
+    assert dw.imag.abs().max() < 1e-12
+    s = a.dense_spectra()  # Hermitian: S[−u, −v] = conj S[u, v]
+    mirror = torch.roll(s.flip(-1).flip(-2), shifts=(1, 1), dims=(-2, -1))
+    assert torch.equal(mirror, s.conj())
+
+
+@pytest.mark.parametrize(("d_out", "d_in", "top_k"), [(24, 16, 2), (15, 33, 4), (32, 32, 1)])
+def test_activation_path_equals_dense_idft2(d_out, d_in, top_k):
+    a = adapter(d_in, d_out, top_k=top_k)
+    x = torch.randn(3, 5, d_in, generator=torch.Generator().manual_seed(1))
+    fast = a(x, x)
+    dense = a.reference_forward(x, x)
+    assert fast.shape == (3, 5, d_out) and fast.dtype == torch.float32
+    assert (fast.double() - dense).abs().max() <= 1e-5 * dense.abs().max()
+    # also against the hand-built gated sum of explicit IDFT2 weights
+    gates = a.route(x.reshape(-1, d_in)).gates.double()
+    dw = a.alpha * torch.fft.ifft2(a.dense_spectra()).real
+    manual = torch.einsum("te,eoi,ti->to", gates, dw, x.reshape(-1, d_in).double())
+    assert torch.allclose(dense.reshape(-1, d_out), manual, atol=1e-12)
+
+
+def test_delta_weight_only_for_one_expert():
+    with pytest.raises(fp.NotMergeableError):
+        adapter().delta_weight()
+    a = adapter(16, 24, num_experts=1, top_k=1)
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(a(x, x), x @ a.delta_weight().T, atol=1e-5)
+
+
+def _peft_fourierft(d_in, d_out, n, scaling):
+    peft = pytest.importorskip("peft")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(d_in, d_out, bias=False)
+
+    cfg = peft.FourierFTConfig(target_modules=["lin"], n_frequency=n, scaling=scaling)
+    return peft.get_peft_model(Net(), cfg).base_model.model.lin
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_one_expert_real_coefficients_equal_peft_fourierft(mirror):
+    """Re(ifft2(D)) = ifft2((D + D^R)/2) for real D, so FourierMoE with real c at (u, v) and
+    conj(c) = c at (−u, −v) equals FourierFT with c at (u, v) (or at (−u, −v)) and s = 2α."""
+    d_in, d_out, n = 16, 24, 40
+    a = adapter(d_in, d_out, num_experts=1, top_k=1, num_coefficients=n)
+    with torch.no_grad():
+        a.coef_imag.zero_()
+    layer = _peft_fourierft(d_in, d_out, n, scaling=2 * a.alpha)
+    sign = -1 if mirror else 1
+    u = (sign * a.positions[0, :, 0]) % d_out
+    v = (sign * a.positions[0, :, 1]) % d_in
+    layer.indices["default"] = torch.stack([u, v])
+    with torch.no_grad():
+        layer.fourierft_spectrum["default"].copy_(a.coef_real[0])
+    peft_dw = layer.get_delta_weight("default")
+    assert torch.allclose(a.delta_weight(), peft_dw, atol=1e-6)
+    x = torch.randn(5, d_in, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(a(x, x), layer(x) - layer.base_layer(x), atol=1e-5)
+
+
+def test_imaginary_parts_add_the_odd_half_fourierft_cannot_express():
+    """FourierFT's real spectrum gives centrosymmetric ΔW (cosines); imaginary c gives sines."""
+    d_in, d_out = 16, 24
+    layer = _peft_fourierft(d_in, d_out, 30, scaling=150.0)
+    with torch.no_grad():
+        layer.fourierft_spectrum["default"].normal_()
+    dw = layer.get_delta_weight("default")
+    point_mirror = torch.roll(dw.flip(0, 1), shifts=(1, 1), dims=(0, 1))  # ΔW[−p, −q]
+    assert torch.allclose(dw, point_mirror, atol=1e-6)
+    a = adapter(d_in, d_out, num_experts=1, top_k=1)
+    with torch.no_grad():
+        a.coef_real.zero_()
+    dw = a.delta_weight()
+    point_mirror = torch.roll(dw.flip(0, 1), shifts=(1, 1), dims=(0, 1))
+    assert torch.allclose(dw, -point_mirror, atol=1e-6)  # purely odd
+    assert dw.abs().max() > 1e-3
+
+
+# --- the frequency-adaptive router -----------------------------------------------------------
+
+
+def test_band_energies_on_pure_tones():
+    d_in, bands = 32, 4  # 17 rfft bins -> bands {0..4}, {5..8}, {9..12}, {13..16}
+    q = torch.arange(d_in, dtype=torch.float64)
+    for f, band in [(0, 0), (3, 0), (5, 1), (8, 1), (11, 2), (13, 3), (16, 3)]:
+        x = torch.cos(2 * torch.pi * f * q / d_in + 0.3).unsqueeze(0)
+        if f == 0:
+            x = torch.ones(1, d_in, dtype=torch.float64)
+        e = band_energies(x, bands)[0]
+        total = float(x.square().sum())  # Parseval
+        assert abs(float(e[band]) - total) < 1e-9 * total, (f, e)
+        assert float(e.sum() - e[band]) < 1e-9 * total, (f, e)
+    a = adapter(d_in, 8, feature_eps=1e-6)
+    x = torch.sin(2 * torch.pi * 11 * q / d_in).float().unsqueeze(0)
+    phi = a.router_features(x)[0]
+    assert torch.allclose(phi[2], torch.log(torch.tensor(1e-6 + 16.0)), atol=1e-4)
+    assert torch.allclose(phi[[0, 1, 3]], torch.log(torch.tensor(1e-6)), atol=1e-2)
+
+
+def test_router_uses_band_features():
+    a = adapter(32, 8)
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a.router.weight.zero_()
+        want = a.router_features(x) @ a.freq_router.weight.T
+        assert torch.allclose(a.router_logits(x), want)
+        a.freq_router.weight.zero_()
+        assert torch.equal(a.router_logits(x), torch.zeros(6, 4))
+
+
+def test_z_loss_and_no_aux():
+    a = adapter(z_loss_coef=0.1)
+    x = torch.randn(4, 16)
+    a(x, x)
+    assert set(a.state.current.terms[0].losses) == {"balance", "z"}
+    b = adapter(aux_loss="none")
+    b(x, x)
+    assert b.state.current.terms == []
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_coefficients": 0}, "num_coefficients"),
+        ({"num_coefficients": 2.5}, "num_coefficients"),
+        ({"alpha": None}, "explicit alpha"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"seed": -1}, "seed"),
+        ({"feature_eps": 0.0}, "feature_eps"),
+        ({"top_k": 9}, "top_k"),
+        ({"aux_loss": "grouped"}, "aux_loss"),
+        ({"overrides": {"q_proj": {"num_coefficients": -3}}}, "num_coefficients"),
+        ({"overrides": {"q_proj": {"seed": 3}}}, "cannot be set per module"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FourierMoEConfig(**kwargs)
+
+
+def test_config_defaults_roundtrip_and_too_many_coefficients():
+    cfg = FourierMoEConfig()
+    assert (cfg.num_experts, cfg.top_k, cfg.rank, cfg.alpha, cfg.dropout) == (8, 2, 4, 150.0, 0.05)
+    assert fp.config_from_dict(cfg.to_dict()) == cfg
+    a = FourierMoEAdapter(64, 96, cfg.settings_for("m"), RoutingState(), "m")
+    assert a.num_coefficients == 4 * (64 + 96) // 2  # rank-matched: 2n = r (d_in + d_out)
+    small = FourierMoEAdapter(8, 8, cfg.settings_for("m"), RoutingState(), "m")
+    assert small.num_coefficients == half_plane_size(8, 8) // 8  # capped at the ring size
+    too_many = FourierMoEConfig(num_coefficients=10_000, target_modules=["q_proj"])
+    base = MODELS["llama"]()
+    with pytest.raises(ValueError, match="exceeds"):
+        fp.inject(base, too_many)
+    assert find_injection(base) is None

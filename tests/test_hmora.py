@@ -1,0 +1,390 @@
+"""HMoRA (METHODS.md §4): the adapter matrix plus the method's own behaviour."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import frame_peft as fp
+from _adapters import perturb
+from _models import MODELS, batch, tiny_llama
+from frame_peft.methods.hmora import HMoRAAdapter, HMoRAConfig
+from frame_peft.methods.hmora.config import initial_beta
+from frame_peft.routing import RoutingState
+
+
+def CONFIG(t):
+    return HMoRAConfig(target_modules=t, num_experts=4, rank=2, dropout=0.0)
+
+
+def inputs_of(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k != "labels"}
+
+
+def build(model_name: str, config=CONFIG, targets="all-linear"):
+    base = MODELS[model_name]()
+    with torch.no_grad():
+        ref = base(**inputs_of(batch())).logits
+    return fp.inject(base, config(targets)), ref
+
+
+def make_adapter(d_in=16, d_out=12, layer_index=None, num_layers=0, **kw):
+    """One standalone HMoRA module with its own routing state (as ``inject`` builds it)."""
+    cfg = HMoRAConfig(**{"target_modules": ["x"], "dropout": 0.0, **kw})
+    s = cfg.settings_for("x")
+    s["layer_index"], s["num_layers"] = layer_index, num_layers
+    state = RoutingState()
+    return HMoRAAdapter(d_in, d_out, s, state, "x"), state
+
+
+def adapters(model) -> dict[str, HMoRAAdapter]:
+    return {n: layer.adapter for n, layer in fp.adapted_layers(model).items()}
+
+
+# --- the matrix every method passes, on tiny Llama, Qwen2 and GPT-2 --------------------------
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_identity_at_init_and_disable(model_name):
+    model, ref = build(model_name)
+    inputs = inputs_of(batch())
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, ref)  # B = 0: exactly the base model
+        perturb(model)
+        moved = model(**inputs).logits
+        assert (moved - ref).abs().max() > 1e-4
+        with fp.disable_adapters(model):
+            assert torch.equal(model(**inputs).logits, ref)
+        assert torch.equal(model(**inputs).logits, moved)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_only_adapter_parameters_train(model_name):
+    model, _ = build(model_name)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".adapter." in n for n in trainable)
+    assert set(trainable) == {n for n, _ in model.named_parameters() if ".adapter." in n}
+    assert any(n.endswith("adapter.beta") for n in trainable)
+    counts = fp.count_parameters(model)
+    assert 0 < counts["active_per_token"] <= counts["trainable"] < counts["total"]
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_training_steps_reduce_loss(model_name):
+    model, _ = build(model_name)
+    model.train()
+    data = batch()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(6):
+        out = model(**data)
+        aux = fp.aux_loss(model)
+        assert aux.requires_grad and set(fp.aux_stats(model)) == {"entropy"}
+        losses.append(float(out.loss.detach()))
+        (out.loss + aux).backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < losses[0] - 1e-3, losses
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_fp32_and_bf16_forward_finite(model_name):
+    model, _ = build(model_name)
+    perturb(model)
+    inputs = inputs_of(batch())
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+        model.to(torch.bfloat16)
+        out = model(**inputs).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    for name, p in model.named_parameters():  # every routing parameter stays float32
+        if ".adapter." in name and not name.endswith(("adapter.A", "adapter.B")):
+            assert p.dtype == torch.float32, name
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, torch
+    sys.path.insert(0, {tests!r})
+    import frame_peft as fp
+    from _models import MODELS, batch
+    for job in json.loads({jobs!r}):
+        model = fp.load_adapter(MODELS[job["model"]](), job["dir"])
+        with torch.no_grad():
+            logits = model(**{{k: v for k, v in batch().items() if k != "labels"}}).logits
+        torch.save(logits, job["out"])
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def reloaded(tmp_path_factory):
+    """Save one perturbed adapter per model, reload all of them in one fresh process."""
+    root = tmp_path_factory.mktemp("hmora-reload")
+    jobs, expected = [], {}
+    for model_name in MODELS:
+        model, _ = build(model_name)
+        perturb(model)
+        with torch.no_grad():
+            for a in adapters(model).values():  # move β and the task router off their init
+                a.beta.add_(0.3)
+                a.task_router.weight.mul_(20.0)
+            expected[model_name] = model(**inputs_of(batch())).logits
+        d = root / model_name
+        fp.save_adapter(model, d)
+        jobs.append({"model": model_name, "dir": str(d), "out": str(d / "logits.pt")})
+    code = _CHILD.format(tests=os.path.dirname(__file__), jobs=json.dumps(jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
+    return {k: (v, torch.load(root / k / "logits.pt")) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_save_load_new_process_bit_identical(reloaded, model_name):
+    expected, got = reloaded[model_name]
+    assert torch.equal(expected, got)
+
+
+# --- HMoRA's own behaviour ---------------------------------------------------------------------
+
+
+def test_task_routing_off_equals_dense_moe_lora():
+    """w = p: HMoRA without task routing is MoE-LoRA with top_k = E and the same scale.
+
+    MoE-LoRA scales by α/r, HMoRA by α/√r; with r = 4, α_moe = 8 and α_hmora = 4 both are 2.
+    """
+    targets = ["q_proj", "v_proj", "down_proj"]
+    hm = fp.inject(
+        tiny_llama(),
+        HMoRAConfig(
+            target_modules=targets, num_experts=4, rank=4, alpha=4.0, task_routing=False,
+            dropout=0.0,
+        ),
+    )  # fmt: skip
+    moe = fp.inject(
+        tiny_llama(),
+        fp.MoELoRAConfig(target_modules=targets, num_experts=4, top_k=4, rank=4, alpha=8.0,
+                         dropout=0.0),
+    )  # fmt: skip
+    perturb(moe)
+    h_ads, m_ads = adapters(hm), adapters(moe)
+    with torch.no_grad():
+        for name, ma in m_ads.items():
+            ha = h_ads[name]
+            assert ha.scale == ma.scale == 2.0
+            assert {n for n, _ in ha.named_parameters()} == {"A", "B", "router.weight"}
+            ma.router.weight.normal_(0.0, 1.0)  # clearly non-uniform routing
+            ha.A.copy_(ma.A.reshape(-1, ma.A.shape[-1]))  # (E, r, d_in) -> (E·r, d_in)
+            ha.B.copy_(ma.B.permute(1, 0, 2).reshape(ma.B.shape[1], -1))  # -> (d_out, E·r)
+            ha.router.weight.copy_(ma.router.weight)
+        inputs = inputs_of(batch())
+        out_h, out_m = hm(**inputs).logits, moe(**inputs).logits
+        with fp.disable_adapters(moe):
+            base = moe(**inputs).logits
+    assert (out_m - base).abs().max() > 1e-3
+    torch.testing.assert_close(out_h, out_m, rtol=0.0, atol=1e-6)
+
+
+def test_beta_init_rises_with_depth():
+    s = dataclasses.asdict(HMoRAConfig(beta_min=-3.0, beta_max=1.0))
+    betas = [initial_beta({**s, "layer_index": i, "num_layers": 5}) for i in range(5)]
+    assert betas == pytest.approx([-3.0, -2.0, -1.0, 0.0, 1.0])
+    assert initial_beta({**s, "layer_index": None, "num_layers": 5}) == pytest.approx(-1.0)
+    assert initial_beta({**s, "layer_index": 0, "num_layers": 1}) == pytest.approx(-1.0)
+    model, _ = build("llama")  # two layers: layer 0 at beta_min, layer 1 at beta_max
+    for name, a in adapters(model).items():
+        expected = -2.0 if ".layers.0." in name else 2.0
+        assert float(a.beta.detach()) == pytest.approx(expected), name
+    mix = {n: torch.sigmoid(a.beta).item() for n, a in adapters(model).items()}
+    assert mix["model.layers.0.mlp.down_proj"] < 0.5 < mix["model.layers.1.mlp.down_proj"]
+
+
+def test_task_ids_change_routing_and_are_validated():
+    ad, state = make_adapter(num_experts=4, num_tasks=3)
+    with torch.no_grad():
+        ad.task_router.weight.normal_(0.0, 1.0)
+        ad.beta.fill_(3.0)
+    x = torch.randn(2, 5, 16)
+
+    def weights(task_ids=None):
+        with fp.routing_context(task_ids=task_ids):
+            state.begin_forward(None)
+            return ad.route(x).probs.view(2, 5, 4)
+
+    w0, w2 = weights(torch.tensor([0, 0])), weights(torch.tensor([2, 2]))
+    assert (w0 - w2).abs().max() > 1e-3
+    w_mixed = weights(torch.tensor([0, 2]))
+    torch.testing.assert_close(w_mixed[0], w0[0])
+    torch.testing.assert_close(w_mixed[1], w2[1])
+    # no ids -> the encoder: the embedding table plays no part
+    enc = weights()
+    with torch.no_grad():
+        ad.task_embedding.weight.normal_(0.0, 3.0)
+    assert torch.equal(weights(), enc)
+    assert (weights(torch.tensor([0, 0])) - w0).abs().max() > 1e-4
+    for bad in (torch.tensor([0, 3]), torch.tensor([-1, 0])):
+        with pytest.raises(ValueError, match="out of range for num_tasks=3"):
+            weights(bad)
+    with pytest.raises(ValueError, match="got 3 task ids for a batch of 2"):
+        weights(torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="integer"):
+        weights(torch.tensor([0.0, 1.0]))
+
+
+def test_top_k_renormalises_to_k_nonzeros():
+    ad, state = make_adapter(num_experts=5, top_k=2, rank=3, alpha=6.0)
+    with torch.no_grad():
+        ad.router.weight.normal_(0.0, 1.0)
+        ad.B.normal_(0.0, 0.1)
+    x = torch.randn(3, 4, 16)
+    state.begin_forward(None)
+    r = ad.route(x)
+    assert torch.equal((r.gates > 0).sum(-1), torch.full((12,), 2))
+    torch.testing.assert_close(r.gates.sum(-1), torch.ones(12))
+    picked = r.probs.gather(-1, r.indices)
+    torch.testing.assert_close(r.gates.gather(-1, r.indices), picked / picked.sum(-1, True))
+    assert (picked[:, :1] >= r.probs.max(-1, keepdim=True).values).all()
+    # Δy = (α/√r) Σ_e g_e B_e A_e x, against the per-expert loop
+    state.begin_forward(None)
+    out = ad(x, x).reshape(12, -1)
+    a, b = ad.expert_factors()
+    xf = x.reshape(12, 16)
+    ref = sum(r.gates[:, e : e + 1] * (xf @ a[e].T @ b[e].T) for e in range(5))
+    torch.testing.assert_close(out, (6.0 / math.sqrt(3)) * ref)
+
+
+def _entropy_by_hand(w: torch.Tensor) -> torch.Tensor:
+    mean = w.mean(0)
+    return (mean * mean.log()).sum() - (w * w.log()).sum(-1).mean()
+
+
+def test_entropy_aux_excludes_padding():
+    ad, state = make_adapter(num_experts=4)
+    with torch.no_grad():
+        ad.task_router.weight.normal_(0.0, 1.0)
+        ad.router.weight.normal_(0.0, 1.0)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, 4:] = 0  # right padding
+    mask[1, :2] = 0  # left padding
+    x = torch.randn(2, 6, 16)
+    garbage = x.clone()
+    garbage[mask == 0] = 50.0 * torch.randn(int((mask == 0).sum()), 16)
+
+    def aux(inp, m):
+        state.begin_forward(m)
+        r = ad.route(inp)
+        (term,) = state.current.terms
+        return term, r.probs
+
+    term, w = aux(x, mask)
+    assert float(term.num_tokens) == 8
+    valid = w[mask.reshape(-1).bool()]
+    torch.testing.assert_close(term.losses["entropy"], 0.005 * _entropy_by_hand(valid))
+    term_g, w_g = aux(garbage, mask)
+    torch.testing.assert_close(term_g.losses["entropy"], term.losses["entropy"])
+    torch.testing.assert_close(w_g[mask.reshape(-1).bool()], valid)  # pads never reach the pool
+    unmasked, _ = aux(garbage, None)  # without the mask the garbage counts
+    assert (unmasked.losses["entropy"] - term.losses["entropy"]).abs() > 1e-4
+    ad.aux_coef = 0.0
+    state.begin_forward(mask)
+    ad.route(x)
+    assert state.current.terms == []
+
+
+def test_task_pool_is_causal():
+    """Earlier positions never see later tokens (no label leak through the task encoder)."""
+    model, _ = build("llama")
+    perturb(model)
+    with torch.no_grad():
+        for a in adapters(model).values():
+            a.beta.fill_(4.0)
+            a.task_router.weight.normal_(0.0, 2.0)
+        ids = batch(pad_rows=0)["input_ids"]
+        changed = ids.clone()
+        changed[:, 7] = (changed[:, 7] + 1) % 64
+        out, out2 = model(input_ids=ids).logits, model(input_ids=changed).logits
+    assert torch.equal(out[:, :7], out2[:, :7])
+    assert (out[:, 7:] - out2[:, 7:]).abs().max() > 1e-4
+
+
+def test_decode_step_continues_the_prefix_pool():
+    ad, state = make_adapter(num_experts=4)
+    with torch.no_grad():
+        ad.task_router.weight.normal_(0.0, 1.0)
+        ad.beta.fill_(3.0)
+    x = torch.randn(2, 7, 16)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :3] = 0
+    state.begin_forward(mask)
+    full = ad.route(x).probs.view(2, 7, 4)
+    state.begin_forward(mask[:, :5])
+    ad.route(x[:, :5])
+    for t in (5, 6):  # one cached step per new token
+        state.begin_forward(mask[:, : t + 1])
+        step = ad.route(x[:, t : t + 1]).probs
+        torch.testing.assert_close(step, full[:, t])
+    state.begin_forward(mask)  # a decoding step whose prefix this module never saw
+    with pytest.raises(RuntimeError, match="cached decoding step"):
+        ad.route(x[:, 5:])
+
+
+def test_generate_with_cache_equals_without():
+    model = fp.inject(tiny_llama(), CONFIG("all-linear"))
+    perturb(model, std=0.3)
+    with torch.no_grad():
+        for a in adapters(model).values():
+            a.task_router.weight.normal_(0.0, 2.0)
+    model.generation_config.pad_token_id = 0
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding
+    kw = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        cached = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kw)
+        plain = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
+        with fp.disable_adapters(model):
+            base = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kw)
+    assert torch.equal(cached.sequences, plain.sequences)
+    for s_c, s_p in zip(cached.scores, plain.scores, strict=True):
+        torch.testing.assert_close(s_c, s_p, rtol=0.0, atol=1e-5)
+    moved = zip(cached.scores, base.scores, strict=True)
+    assert max((c - b).abs().max() for c, b in moved) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_experts": 0}, "num_experts"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 9}, "cannot exceed num_experts"),
+        ({"task_routing": 1}, "task_routing"),
+        ({"task_dim": 0}, "task_dim"),
+        ({"num_tasks": 0}, "num_tasks"),
+        ({"num_tasks": 3, "task_routing": False}, "needs task_routing=True"),
+        ({"beta_min": 1.0, "beta_max": 0.0}, "must not exceed beta_max"),
+        ({"beta_max": float("inf")}, "beta_max"),
+        ({"aux_loss_coef": -0.1}, "aux_loss_coef"),
+        ({"rank": 0}, "rank"),
+        ({"overrides": {"q_proj": {"top_k": 20}}}, "cannot exceed"),
+        ({"overrides": {"q_proj": {"task_dim": 4}}}, "cannot be set per module"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HMoRAConfig(**kwargs)
+
+
+def test_config_round_trip_and_defaults():
+    cfg = HMoRAConfig(num_tasks=4, top_k=2, overrides={"down_proj": {"num_experts": 6}})
+    assert fp.config_from_dict(cfg.to_dict()) == cfg
+    d = HMoRAConfig()
+    assert (d.num_experts, d.rank, d.top_k, d.aux_loss_coef) == (8, 4, None, 0.005)
+    assert "hmora" in fp.method_names()

@@ -1,0 +1,69 @@
+"""Small helpers shared by the layer benchmark: machine info, robust statistics, Linux RSS."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, str]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return {
+        "cpu": cpu_model(),
+        "logical cores": f"{os.cpu_count()} ({usable} usable by this process)",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+        "platform": platform.platform(),
+    }
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(q1, median, q3); q1 = q3 = median for fewer than two values."""
+    if len(values) < 2:
+        v = values[0]
+        return v, v, v
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, med, q3
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (VmRSS), MiB."""
+    return _status_kb("VmRSS") / 1024.0
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of the resident set size (VmHWM), MiB."""
+    return _status_kb("VmHWM") / 1024.0
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")

@@ -17,7 +17,9 @@ def _hermite_gaussian(n: int, k: int) -> torch.Tensor:
 
 def run_transform_demo(n: int = 256) -> None:
     if n < 8 or n % 2:
-        raise ValueError(f"--n must be an even number >= 8 (the chirp surrogate needs even n), got {n}")
+        raise ValueError(
+            f"--n must be an even number >= 8 (the chirp surrogate needs even n), got {n}"
+        )
     torch.manual_seed(0)
     print(f"frame-peft transforms, n = {n} (float64 unless stated)\n")
 
@@ -33,8 +35,12 @@ def run_transform_demo(n: int = 256) -> None:
             f"{float((y - dft(x)).norm() / nx):16.3e}   {float((back - x).norm() / nx):19.3e}"
         )
 
-    print("\n2. The surrogate U_a agrees with the exact FrFT F^a on smooth (Hermite–Gaussian) modes,")
-    print("   U_a v_k ≈ e^{−iπak/2} v_k, but not on full-band vectors (it is not the same operator).")
+    print(
+        "\n2. The surrogate U_a agrees with the exact FrFT F^a on smooth (Hermite–Gaussian) modes,"
+    )
+    print(
+        "   U_a v_k ≈ e^{−iπak/2} v_k, but not on full-band vectors (it is not the same operator)."
+    )
     a = 0.5
     for k in (0, 1, 2, 3):
         vk = _hermite_gaussian(n, k)
@@ -56,4 +62,6 @@ def run_transform_demo(n: int = 256) -> None:
         for _ in range(3):
             fn(xb, 0.3)
         print(f"   {name:22s} {1e3 * (time.perf_counter() - t0) / 3:8.2f} ms")
-    print("\nSee docs/transforms.md for conventions and benchmarks/results/transforms.md for timings.")
+    print(
+        "\nSee docs/transforms.md for conventions and benchmarks/results/transforms.md for timings."
+    )

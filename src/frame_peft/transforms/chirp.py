@@ -19,55 +19,214 @@ It is **not** the exact discrete FrFT (:func:`frame_peft.transforms.dfrft`): it 
 with ``F^a`` on smooth, band-limited vectors (e.g. low Hermite–Gaussian modes). Never compare the
 two on random vectors at non-integer orders. Invert with :func:`frft_adjoint`, never ``U_{-a}``
 (they coincide mathematically, but the adjoint is the documented inverse).
+
+Implementation. ``C^H K C`` is a circular convolution, which commutes with cyclic shifts, so the
+``fftshift``/``ifftshift`` pair around it cancels: the data stay in centered index order and only
+``K`` is laid out in FFT-bin order. The whole map is one :class:`torch.autograd.Function` whose
+backward applies the adjoint (two FFTs) and, only when the order needs a gradient, reduces three
+saved intermediates against the analytic phase derivatives. Reversal for tensor orders is an
+index gather whose index is selected on the tensor (no Python branch on the order's value).
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._common import (
     Order,
     as_complex,
-    centered_coords,
     check_length,
+    complex_dtype_for,
     prepare_order,
     reduce_order,
-    reverse_centered,
     unit_phasor,
 )
 
+_HALF_PI = math.pi / 2.0
+
+
+@lru_cache(maxsize=64)
+def _grid(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float64 ``c²/N`` in centered order, ``f²/N`` in FFT-bin order, and the reversal index.
+
+    The reversal ``c -> -c`` maps index ``i`` to ``(2·(N//2) - i) mod N``.
+    """
+    c = torch.arange(n, dtype=torch.float64, device=device) - (n // 2)
+    c2 = c * c / n
+    f2 = torch.fft.ifftshift(c2)
+    rev = (2 * (n // 2) - torch.arange(n, device=device)) % n
+    return c2, f2, rev
+
+
+def _phasors(
+    a_red: torch.Tensor, n: int, device: torch.device, cdtype: torch.dtype, sign: float
+) -> tuple[torch.Tensor, ...]:
+    """The three diagonal factors (phases in float64, reduced mod 2π, then cast)."""
+    c2, f2, _ = _grid(n, device)
+    phi = a_red * _HALF_PI
+    d_phase = (sign * math.pi) * torch.tan(phi / 2.0) * c2
+    d = unit_phasor(d_phase, cdtype)
+    k = unit_phasor((sign * math.pi) * torch.sin(phi) * f2, cdtype)
+    d_out = unit_phasor(d_phase - sign * phi / 2.0, cdtype)  # folds in e^{∓iφ/2}
+    return d, k, d_out
+
+
+# Rows are processed in blocks of about this many elements: the block's temporaries stay in
+# cache and are recycled by the allocator, instead of touching fresh full-size buffers per step.
+_BLOCK = 1 << 18
+
+
+def _blocks(e: int, m: int, n: int):
+    """Yield ``(e0, e1, r0, r1)`` blocks over an ``(E, M, N)`` array, each about ``_BLOCK`` big."""
+    if m * n >= _BLOCK or e == 1:
+        rows = max(1, _BLOCK // n)
+        for i in range(e):
+            for r0 in range(0, m, rows):
+                yield i, i + 1, r0, min(m, r0 + rows)
+    else:
+        per = max(1, _BLOCK // (m * n))
+        for e0 in range(0, e, per):
+            yield e0, min(e, e0 + per), 0, m
+
+
+def _reverse(y: torch.Tensor, idx: torch.Tensor | None, e0: int, e1: int) -> torch.Tensor:
+    """Apply the (per-expert) reversal index ``idx`` of shape ``(E, 1, N)`` to a block."""
+    if idx is None:
+        return y
+    return torch.gather(y, -1, idx[e0:e1].expand(y.shape))
+
+
+def _im_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``Im Σ conj(u)·v`` over a contiguous block, in float64 (``v`` may be real)."""
+    if v.is_complex():
+        return torch.vdot(u.reshape(-1), v.reshape(-1)).imag.double()
+    return -torch.dot(u.imag.reshape(-1), v.reshape(-1)).double()
+
+
+class _Surrogate(torch.autograd.Function):
+    """``y = R^{odd} · d_out ⊙ ifft(k ⊙ fft(d ⊙ z))`` on ``z`` of shape ``(E, M, N)``.
+
+    ``a`` is a float64 tensor of shape ``(E,)`` (one order per expert; ``E = 1`` for a scalar).
+    ``static_odd`` is ``None`` for tensor orders (reversal selected on the tensor, no Python
+    branch on its value) or a Python bool for Python-number orders.
+
+    Backward (``g`` the output gradient, ``h = R g``): ``grad_z = conj(d) ⊙ ifft(conj(k) ⊙
+    fft(conj(d_out) ⊙ h))`` and, with ``p_d, p_k, p_out`` the phases of the three factors,
+    ``dL/dφ = -Σ p_out'·Im Σ conj(g)·y - Σ p_k'·Im Σ conj(B2)·w2 - Σ p_d'·Im Σ conj(grad_z)·z``
+    where ``w2 = k ⊙ fft(d ⊙ z)`` (saved only when the order needs a gradient) and
+    ``B2 = fft(conj(d_out) ⊙ h)``. The reversal drops out of the first sum because the chirp
+    phases are even in the centered coordinate.
+    """
+
+    @staticmethod
+    def forward(ctx, z, a, sign, static_odd):
+        e, m, n = z.shape
+        cdtype = complex_dtype_for(z.dtype)
+        a_red, odd = reduce_order(a.reshape(-1, 1, 1))
+        d, k, d_out = _phasors(a_red, n, z.device, cdtype, sign)
+        if static_odd is None:
+            rev = _grid(n, z.device)[2]
+            idx = torch.where(odd, rev, torch.arange(n, device=z.device))
+        else:
+            idx = _grid(n, z.device)[2].reshape(1, 1, n).expand(e, 1, n) if static_odd else None
+        need_a = ctx.needs_input_grad[1]
+        out = torch.empty((e, m, n), dtype=cdtype, device=z.device)
+        w2_all = torch.empty_like(out) if need_a else None
+        for e0, e1, r0, r1 in _blocks(e, m, n):
+            zb = z[e0:e1, r0:r1]
+            w = torch.fft.fft(zb * d[e0:e1], dim=-1, norm="ortho")
+            if need_a:
+                w = torch.mul(w, k[e0:e1], out=w2_all[e0:e1, r0:r1])
+            else:
+                w.mul_(k[e0:e1])
+            y = _reverse(torch.fft.ifft(w, dim=-1, norm="ortho"), idx, e0, e1)
+            torch.mul(y, d_out[e0:e1], out=out[e0:e1, r0:r1])
+        ctx.sign = sign
+        ctx.need_a = need_a
+        ctx.z_real = not z.is_complex()
+        ctx.z_dtype = z.dtype
+        if need_a:
+            ctx.save_for_backward(a, idx, d, k, d_out, z, out, w2_all)
+        else:
+            ctx.save_for_backward(a, idx, d, k, d_out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        if ctx.need_a:
+            a, idx, d, k, d_out, z, out, w2_all = ctx.saved_tensors
+        else:
+            a, idx, d, k, d_out = ctx.saved_tensors
+        e, m, n = g.shape
+        sign = ctx.sign
+        need_z = ctx.needs_input_grad[0]
+        a_red, _ = reduce_order(a.reshape(-1, 1, 1))
+        d_c, k_c, dout_c = d.conj(), k.conj(), d_out.conj()
+        g = g.contiguous()
+        rdtype = torch.float64 if g.dtype == torch.complex128 else torch.float32
+        grad_z = None
+        if need_z:
+            grad_z = torch.empty(
+                (e, m, n), dtype=rdtype if ctx.z_real else g.dtype, device=g.device
+            )
+        if ctx.need_a:
+            # Phase derivatives (float64, then cast): p_d' = p_out' + s/2, p_k'.
+            c2, f2, _ = _grid(n, g.device)
+            phi = a_red * _HALF_PI
+            t = torch.tan(phi / 2.0)
+            dd = (sign * math.pi * 0.5) * (1.0 + t * t) * c2
+            w_out = (dd - 0.5 * sign).to(rdtype)
+            w_k = ((sign * math.pi) * torch.cos(phi) * f2).to(rdtype)
+            w_d = dd.to(rdtype)
+            acc = torch.zeros(e, dtype=torch.float64, device=g.device)
+        for e0, e1, r0, r1 in _blocks(e, m, n):
+            gb = g[e0:e1, r0:r1]
+            b2 = torch.fft.fft(_reverse(gb, idx, e0, e1) * dout_c[e0:e1], dim=-1, norm="ortho")
+            if ctx.need_a:
+                ob = out[e0:e1, r0:r1] * w_out[e0:e1]
+                wb = w2_all[e0:e1, r0:r1] * w_k[e0:e1]
+                for j in range(e1 - e0):
+                    acc[e0 + j] += _im_dot(gb[j], ob[j]) + _im_dot(b2[j], wb[j])
+            gz = torch.fft.ifft(b2.mul_(k_c[e0:e1]), dim=-1, norm="ortho").mul_(d_c[e0:e1])
+            if ctx.need_a:
+                zb = z[e0:e1, r0:r1] * w_d[e0:e1]
+                for j in range(e1 - e0):
+                    acc[e0 + j] += _im_dot(gz[j], zb[j])
+            if need_z:
+                grad_z[e0:e1, r0:r1] = gz.real if ctx.z_real else gz
+        grad_a = None
+        if ctx.need_a:
+            grad_a = (-_HALF_PI * acc).reshape(a.shape)
+        if need_z and grad_z.dtype != ctx.z_dtype:
+            grad_z = grad_z.to(ctx.z_dtype)
+        return grad_z, grad_a, None, None
+
 
 def _apply(x: torch.Tensor, order: Order, dim: int, adjoint: bool) -> torch.Tensor:
-    z = as_complex(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    # Real float32/float64 inputs stay real into the kernel (the first chirp product makes them
+    # complex); half-precision and complex inputs are converted to the compute dtype here.
+    z = x if x.dtype in (torch.float32, torch.float64) else as_complex(x)
     n = z.shape[dim]
     check_length(n)
     a, oshape = prepare_order(order, z, dim)
     z = z.movedim(dim, -1)
-    # Python-number orders inside [-1, 1] skip the reversal select; tensors never branch on value.
-    static_inside = not isinstance(order, torch.Tensor) and abs(float(order)) <= 1.0
-    a_red, odd = reduce_order(a)
-    a_red = a_red.reshape(oshape + (1,)) if oshape else a_red
-    odd = odd.reshape(oshape + (1,)) if oshape else odd
-
-    phi = a_red * (math.pi / 2.0)
-    # Chirps in the uncentered (ifftshift-ed) index order, so the FFTs need no extra shifts.
-    c2 = torch.fft.ifftshift(centered_coords(n, z.device) ** 2) / n
+    shape = z.shape
+    e = a.numel() if oshape else 1
+    z3 = z.reshape(e, -1, n)
+    # Python-number orders pick the reversal statically; tensors never branch on their value.
+    static_odd = None
+    if not isinstance(order, torch.Tensor):
+        static_odd = bool(round(float(order) / 2.0) % 2)
     sign = 1.0 if adjoint else -1.0
-    d_phase = sign * math.pi * torch.tan(phi / 2.0) * c2
-    k_phase = sign * math.pi * torch.sin(phi) * c2
-    d = unit_phasor(d_phase, z.dtype)
-    k = unit_phasor(k_phase, z.dtype)
-    d_out = unit_phasor(d_phase - sign * phi / 2.0, z.dtype)  # folds in e^{±iφ/2}
-
-    y = torch.fft.ifftshift(z, dim=-1) * d
-    y = torch.fft.fft(y, dim=-1, norm="ortho") * k
-    y = torch.fft.ifft(y, dim=-1, norm="ortho") * d_out
-    y = torch.fft.fftshift(y, dim=-1)
-    if not static_inside:
-        y = torch.where(odd, reverse_centered(y), y)
-    return y.movedim(-1, dim)
+    y = _Surrogate.apply(z3, a.reshape(e), sign, static_odd)
+    return y.reshape(shape).movedim(-1, dim)
 
 
 def frft(x: torch.Tensor, order: Order, dim: int = -1) -> torch.Tensor:
@@ -92,7 +251,7 @@ def frft_adjoint(x: torch.Tensor, order: Order, dim: int = -1) -> torch.Tensor:
 
 
 def frft_right(x: torch.Tensor, order: Order) -> torch.Tensor:
-    """Right-multiply the rows of ``x`` by ``U_a``: ``x ↦ x U_a`` for ``x`` of shape ``(..., r, N)``.
+    """Right-multiply rows by ``U_a``: ``x ↦ x U_a`` for ``x`` of shape ``(..., r, N)``.
 
     Equivalent to ``U_a^T`` on each row; since ``U_a`` is complex symmetric this is ``U_a`` on the
     last axis. FRAME's factor path uses it for ``Ã_e = A_e U_{a_e}`` without building ``U_a``.

@@ -15,7 +15,11 @@ def _centered(x: torch.Tensor, dim: int, inverse: bool) -> torch.Tensor:
     x = as_complex(x)
     check_length(x.shape[dim])
     x = torch.fft.ifftshift(x, dim=dim)
-    x = torch.fft.ifft(x, dim=dim, norm="ortho") if inverse else torch.fft.fft(x, dim=dim, norm="ortho")
+    x = (
+        torch.fft.ifft(x, dim=dim, norm="ortho")
+        if inverse
+        else torch.fft.fft(x, dim=dim, norm="ortho")
+    )
     return torch.fft.fftshift(x, dim=dim)
 
 

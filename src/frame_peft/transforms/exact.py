@@ -41,7 +41,9 @@ def _parity_blocks(n: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndar
     ev_e[0] = math.sqrt(2.0)
     od_d = c[1:h].copy() if n % 2 == 0 else c[1 : h + 1].copy()
     od_e = np.ones(max(len(od_d) - 1, 0))
-    if n % 2 == 0:
+    if n == 2:
+        ev_e[0] = 2.0  # δ_0 and δ_1 are neighbours on both sides: S[0, 1] = 1 + 1
+    elif n % 2 == 0:
         ev_e[-1] = math.sqrt(2.0)  # e_{N/2-1} couples to δ_{N/2} through two entries of S
     else:
         # e_h and o_h pair δ_h with its neighbour δ_{h+1} = δ_{-h}: S[h, h+1] adds ±1.
@@ -112,8 +114,10 @@ def dfrft_basis(
         return entry
 
 
-def _eigen_phases(a: torch.Tensor, oshape: tuple[int, ...], k: torch.Tensor, cdtype) -> torch.Tensor:
-    a = a.reshape(oshape + (1,)) if oshape else a
+def _eigen_phases(
+    a: torch.Tensor, oshape: tuple[int, ...], k: torch.Tensor, cdtype
+) -> torch.Tensor:
+    a = a.reshape(oshape) if oshape else a
     return unit_phasor(-(math.pi / 2.0) * a * k, cdtype)
 
 

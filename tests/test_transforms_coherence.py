@@ -1,0 +1,53 @@
+"""Mutual coherence between fractional-Fourier bases."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from frame_peft.transforms import coherence
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Deterministic inputs (and gradcheck's random projections) for every test here."""
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("n", [16, 17, 64, 65])
+def test_spatial_vs_fourier_is_one_over_sqrt_n(n: int) -> None:
+    assert abs(coherence(0, 1, n) - 1 / math.sqrt(n)) < 1e-12
+    assert abs(coherence(1, 0, n) - 1 / math.sqrt(n)) < 1e-12
+    if n % 2 == 0:  # the surrogate's U_1 = C only for even n
+        assert abs(coherence(0, 1, n, transform="chirp") - 1 / math.sqrt(n)) < 1e-12
+    for t in ("exact", "chirp"):
+        assert abs(coherence(0.3, 0.3, n, transform=t) - 1.0) < 1e-12
+
+
+@pytest.mark.parametrize("n", [16, 17, 64])
+def test_exact_coherence_depends_only_on_the_difference(n: int) -> None:
+    for diff in (0.2, 0.5, 0.85):
+        vals = [coherence(a, a + diff, n) for a in (0.0, 0.3, -0.45, 1.1, 2.7)]
+        assert max(vals) - min(vals) < 1e-12, (diff, vals)
+    assert abs(coherence(0, 0.2, n) - coherence(0, 0.5, n)) > 1e-3  # it does depend on b - a
+
+
+@pytest.mark.parametrize(
+    ("n", "transform"), [(64, "exact"), (65, "exact"), (64, "chirp"), (256, "chirp")]
+)
+def test_coherence_falls_towards_one_over_sqrt_n(n: int, transform: str) -> None:
+    grid = [i / 10 for i in range(11)]
+    vals = [coherence(0, a, n, transform=transform) for a in grid]
+    assert abs(vals[0] - 1.0) < 1e-12
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(vals)), vals
+    assert vals[5] < 0.5 and vals[-1] <= 1 / math.sqrt(n) + 1e-9
+    if n % 2 == 0 or transform == "exact":
+        assert abs(vals[-1] - 1 / math.sqrt(n)) < 1e-12
+
+
+def test_unknown_transform() -> None:
+    with pytest.raises(ValueError, match="exact"):
+        coherence(0, 1, 8, transform="ozaktas")  # type: ignore[arg-type]

@@ -12,7 +12,8 @@ loss = out.loss + fp.aux_loss(model)
 
 from __future__ import annotations
 
-from . import transforms
+from . import accounting, peft_bridge, transforms
+from .accounting import parameter_table
 from .core.adapter import AdaptedLinear, Adapter, NotMergeableError
 from .core.config import AdapterConfig, config_from_dict, method_names, register_method
 from .core.inject import (
@@ -38,6 +39,7 @@ from .methods import (
     MoELoRAConfig,
 )
 from .optim import AdapterOptimizer, build_optimizer, is_order_parameter
+from .peft_bridge import export_peft_lora, is_peft_model, peft_baseline
 from .routing import routing_context
 
 __version__ = "0.1.0.dev0"
@@ -56,6 +58,7 @@ __all__ = [
     "MoELoRAConfig",
     "NotMergeableError",
     "__version__",
+    "accounting",
     "adapted_layers",
     "adapter_state_dict",
     "aux_loss",
@@ -64,12 +67,17 @@ __all__ = [
     "config_from_dict",
     "count_parameters",
     "disable_adapters",
+    "export_peft_lora",
     "inject",
     "is_order_parameter",
+    "is_peft_model",
     "load_adapter",
     "merge_and_unload",
     "method_names",
     "orders",
+    "parameter_table",
+    "peft_baseline",
+    "peft_bridge",
     "register_method",
     "routing_context",
     "save_adapter",

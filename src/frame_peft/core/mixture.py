@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..routing import AuxTerm, Router, Routing, RoutingState, switch_loss, z_loss
+from ..routing import Router, Routing, RoutingState, balance_and_z_losses, switch_loss
 from .adapter import Adapter, NotMergeableError
 
 
@@ -83,22 +83,17 @@ class LowRankMixture(Adapter):
 
     # Shared machinery ------------------------------------------------------------------------
     def aux_losses(self, routing: Routing, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        losses = {}
-        if self.aux_kind != "none" and self.aux_coef > 0:
-            losses["balance"] = self.aux_coef * self.balance_loss(routing, mask)
-        if self.z_coef > 0:
-            losses["z"] = self.z_coef * z_loss(routing, mask)
-        return losses
+        balance = None if self.aux_kind == "none" else self.balance_loss
+        return balance_and_z_losses(routing, mask, self.aux_coef, self.z_coef, balance)
 
     def route(self, route_x: torch.Tensor) -> Routing:
         """Route (..., d_in) tokens; record this forward's aux losses with the shared state."""
         lead = route_x.shape[:-1]
         routing = self.router(route_x.reshape(-1, self.in_features))
         mask = self.state.token_mask(lead)
-        losses = self.aux_losses(routing, mask)
-        if losses:
-            n = mask.sum() if mask is not None else torch.tensor(float(routing.probs.shape[0]))
-            self.state.record(AuxTerm(self.name, losses, n))
+        self.state.record_losses(
+            self.name, self.aux_losses(routing, mask), mask, len(routing.probs)
+        )
         return routing
 
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:

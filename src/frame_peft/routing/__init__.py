@@ -1,7 +1,13 @@
 """The routing core shared by every mixture adapter: router, losses, per-forward context."""
 
 from .context import AuxTerm, RoutingState, routing_context
-from .losses import grouped_switch_loss, load_and_importance, switch_loss, z_loss
+from .losses import (
+    balance_and_z_losses,
+    grouped_switch_loss,
+    load_and_importance,
+    switch_loss,
+    z_loss,
+)
 from .router import Router, Routing, select_experts
 
 __all__ = [
@@ -9,6 +15,7 @@ __all__ = [
     "Router",
     "Routing",
     "RoutingState",
+    "balance_and_z_losses",
     "grouped_switch_loss",
     "load_and_importance",
     "routing_context",

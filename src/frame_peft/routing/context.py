@@ -96,6 +96,19 @@ class RoutingState:
     def record(self, term: AuxTerm) -> None:
         self.current.terms.append(term)
 
+    def record_losses(
+        self,
+        module: str,
+        losses: dict[str, torch.Tensor],
+        mask: torch.Tensor | None,
+        num_tokens: int,
+    ) -> None:
+        """Record ``losses`` of ``module`` for this forward (nothing if empty); ``num_tokens`` is
+        the token count when there is no mask."""
+        if losses:
+            n = mask.sum() if mask is not None else torch.tensor(float(num_tokens))
+            self.record(AuxTerm(module, losses, n))
+
     def aux_loss(self) -> torch.Tensor | None:
         """Mean over mixture modules of each module's weighted aux losses (None if none)."""
         terms = self.current.terms

@@ -14,6 +14,8 @@ mean router probability:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .router import Routing
@@ -70,6 +72,23 @@ def grouped_switch_loss(
     f_g = torch.zeros(num_groups, device=f.device).scatter_add(0, group, f)
     p_g = torch.zeros(num_groups, device=p.device, dtype=p.dtype).scatter_add(0, group, p)
     return num_groups * (f_g * p_g).sum()
+
+
+def balance_and_z_losses(
+    routing: Routing,
+    mask: torch.Tensor | None,
+    balance_coef: float,
+    z_coef: float,
+    balance_fn: Callable[[Routing, torch.Tensor | None], torch.Tensor] | None = switch_loss,
+) -> dict[str, torch.Tensor]:
+    """``{"balance": c_b · balance_fn, "z": c_z · z_loss}``, leaving out terms whose coefficient
+    is 0 (or the balance term when ``balance_fn`` is None)."""
+    losses = {}
+    if balance_fn is not None and balance_coef > 0:
+        losses["balance"] = balance_coef * balance_fn(routing, mask)
+    if z_coef > 0:
+        losses["z"] = z_coef * z_loss(routing, mask)
+    return losses
 
 
 def z_loss(routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:

@@ -72,7 +72,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.adapter import Adapter, NotMergeableError
-from ...routing import AuxTerm, Router, Routing, RoutingState, select_experts, switch_loss, z_loss
+from ...routing import (
+    Router,
+    Routing,
+    RoutingState,
+    balance_and_z_losses,
+    select_experts,
+    switch_loss,
+)
 
 
 def centered_label(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -220,14 +227,9 @@ class FourierMoEAdapter(Adapter):
             self.router_logits(route_x.reshape(-1, self.in_features)), self.top_k
         )
         mask = self.state.token_mask(lead)
-        losses = {}
-        if self.aux_kind != "none" and self.aux_coef > 0:
-            losses["balance"] = self.aux_coef * switch_loss(routing, mask)
-        if self.z_coef > 0:
-            losses["z"] = self.z_coef * z_loss(routing, mask)
-        if losses:
-            n = mask.sum() if mask is not None else torch.tensor(float(routing.probs.shape[0]))
-            self.state.record(AuxTerm(self.name, losses, n))
+        balance = None if self.aux_kind == "none" else switch_loss
+        losses = balance_and_z_losses(routing, mask, self.aux_coef, self.z_coef, balance)
+        self.state.record_losses(self.name, losses, mask, len(routing.probs))
         return routing
 
     # Spectral experts ------------------------------------------------------------------------

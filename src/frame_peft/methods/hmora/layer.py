@@ -39,7 +39,7 @@ from torch import nn
 
 from ...core.adapter import Adapter, NotMergeableError
 from ...core.mixture import init_lora_factors, packed_mixture
-from ...routing import AuxTerm, Router, Routing, RoutingState
+from ...routing import Router, Routing, RoutingState
 from .config import initial_beta
 
 _EPS = 1e-12
@@ -216,8 +216,8 @@ class HMoRAAdapter(Adapter):
         gates, indices = top_k_gates(w, self.top_k)
         routing = Routing(w.clamp_min(_EPS).log(), w, indices, gates)
         if self.aux_coef > 0:
-            loss, n = entropy_loss(w, mask)
-            self.state.record(AuxTerm(self.name, {"entropy": self.aux_coef * loss}, n))
+            loss, _ = entropy_loss(w, mask)
+            self.state.record_losses(self.name, {"entropy": self.aux_coef * loss}, mask, len(w))
         return routing
 
     # Update ----------------------------------------------------------------------------------

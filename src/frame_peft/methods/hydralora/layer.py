@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...core.adapter import Adapter, NotMergeableError
-from ...routing import AuxTerm, Router, Routing, RoutingState, switch_loss, z_loss
+from ...routing import Router, Routing, RoutingState, balance_and_z_losses, switch_loss
 
 
 class HydraLoRAAdapter(Adapter):
@@ -49,30 +49,18 @@ class HydraLoRAAdapter(Adapter):
         self.z_coef = float(settings.get("z_loss_coef", 0.0))
 
     def aux_losses(self, routing: Routing, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Coefficient-weighted losses of one forward: ``balance`` (Switch) and/or ``z``.
-
-        The Switch load ``f`` is counted on each token's most probable head (see the config):
-        the dense routing's own ``indices`` hold every head, which would make ``f`` uniform.
-        """
-        losses = {}
-        if self.aux_kind == "switch" and self.aux_coef > 0:
-            top1 = Routing(
-                routing.logits, routing.probs, routing.probs.argmax(-1, keepdim=True), routing.gates
-            )
-            losses["balance"] = self.aux_coef * switch_loss(top1, mask)
-        if self.z_coef > 0:
-            losses["z"] = self.z_coef * z_loss(routing, mask)
-        return losses
+        """Optional Switch loss (the load of a dense router counts each token's most probable
+        head, see :func:`~frame_peft.routing.load_and_importance`) and z-loss."""
+        balance = switch_loss if self.aux_kind == "switch" else None
+        return balance_and_z_losses(routing, mask, self.aux_coef, self.z_coef, balance)
 
     def route(self, route_x: torch.Tensor) -> Routing:
         """Dense routing of (..., d_in) tokens; records this forward's aux losses, if any."""
-        lead = route_x.shape[:-1]
         routing = self.router(route_x.reshape(-1, self.in_features))
-        mask = self.state.token_mask(lead)
-        losses = self.aux_losses(routing, mask)
-        if losses:
-            n = mask.sum() if mask is not None else torch.tensor(float(routing.probs.shape[0]))
-            self.state.record(AuxTerm(self.name, losses, n))
+        mask = self.state.token_mask(route_x.shape[:-1])
+        self.state.record_losses(
+            self.name, self.aux_losses(routing, mask), mask, len(routing.probs)
+        )
         return routing
 
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ method:
 - ``delta_weight() -> ΔW`` (d_out, d_in) when the update is a fixed matrix (for merging), else
   raise :class:`NotMergeableError`.
 - ``active_parameters()``: adapter parameters used per token (k of E experts plus the router).
-- ``fp32_parameters``: parameter names that stay float32 when the model is cast to bf16/fp16
-  (router weights, fractional orders: rounding them changes the maths).
+- ``fp32_parameters`` / ``fp32_buffers``: names that stay float32 when the model is cast to
+  bf16/fp16 (router weights, fractional orders, FlyLoRA's bias: rounding them changes the maths).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Adapter(nn.Module):
     """Base class of every adapter; see the module docstring for the protocol."""
 
     fp32_parameters: ClassVar[tuple[str, ...]] = ()
+    fp32_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -77,13 +78,19 @@ class Adapter(nn.Module):
     def active_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _apply(self, fn, recurse=True):  # keep routers and orders in float32 under .to(bf16)
-        saved = {n: p.data for n, p in self.named_parameters() if n in self.fp32_parameters}
+    def _apply(self, fn, recurse=True):  # keep routers, orders, ... in float32 under .to(bf16)
+        params = {n: p.data for n, p in self.named_parameters() if n in self.fp32_parameters}
+        buffers = {n: b for n, b in self.named_buffers() if n in self.fp32_buffers}
         super()._apply(fn, recurse)
-        for n, data in saved.items():
+        for n, data in params.items():
             p = self.get_parameter(n)
             if p.dtype in (torch.float16, torch.bfloat16):
                 p.data = data.to(device=p.device)
+        for n, old in buffers.items():
+            owner, _, leaf = n.rpartition(".")
+            module = self.get_submodule(owner)
+            if module._buffers[leaf].dtype in (torch.float16, torch.bfloat16):
+                module._buffers[leaf] = old.to(device=module._buffers[leaf].device)
         return self
 
 

@@ -41,8 +41,6 @@ from torch import nn
 from ...core.adapter import Adapter, NotMergeableError
 from ...routing import RoutingState
 
-_FP32_BUFFERS = ("A", "rank_bias")
-
 
 def module_seed(seed: int, name: str) -> int:
     """A stable 63-bit seed from the config seed and the module name (not Python's ``hash``)."""
@@ -60,6 +58,9 @@ def sparse_projection(
 
 
 class FlyLoRAAdapter(Adapter):
+    # The frozen A and the bias b stay float32: in bf16 a 1e-3 bias step is lost past 0.25.
+    fp32_buffers = ("A", "rank_bias")
+
     def __init__(
         self,
         in_features: int,
@@ -77,15 +78,6 @@ class FlyLoRAAdapter(Adapter):
         self.register_buffer("A", sparse_projection(r, in_features, self.nonzeros, g))
         self.register_buffer("rank_bias", torch.zeros(r))
         self.B = nn.Parameter(torch.zeros(out_features, r))
-
-    def _apply(self, fn, recurse=True):  # keep the frozen A and the bias b in float32
-        saved = {n: self._buffers[n] for n in _FP32_BUFFERS if self._buffers.get(n) is not None}
-        super()._apply(fn, recurse)
-        for n, old in saved.items():
-            new = self._buffers[n]
-            if new.dtype in (torch.float16, torch.bfloat16):
-                self._buffers[n] = old.to(device=new.device)
-        return self
 
     def selection_mask(self, y: torch.Tensor) -> torch.Tensor:
         """(T, r) -> (T, r) 0/1 mask (y's dtype) of the k largest ``|y + b|`` per token."""

@@ -30,6 +30,20 @@ CONFIGS = {
 OUTPUT_PARAMS = ("adapter.B", "adapter.coef_real", "adapter.coef_imag")
 
 
+def randomise_saved_state(model: nn.Module, seed: int = 7) -> None:
+    """Overwrite every floating-point tensor an adapter saves (routers, orders, biases, ...).
+
+    A fresh process that re-seeds and re-injects draws the same initial values, so only tensors
+    moved away from their initialisation prove that save -> load really carries them.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in fp.adapted_layers(model).values():
+            for tensor in layer.adapter.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.1)
+
+
 def perturb(model: nn.Module, std: float = 0.1, seed: int = 123) -> None:
     """Move every adapter's zero-initialised output parameters away from zero (seeded)."""
     g = torch.Generator().manual_seed(seed)

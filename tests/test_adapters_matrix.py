@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import frame_peft as fp
-from _adapters import CONFIGS, perturb
+from _adapters import CONFIGS, perturb, randomise_saved_state
 from _models import MODELS, batch
 
 MATRIX = [(m, a) for m in MODELS for a in CONFIGS]
@@ -113,7 +113,7 @@ def reloaded(tmp_path_factory):
     jobs, expected = [], {}
     for model_name, method in MATRIX:
         model, _ = build(model_name, method)
-        perturb(model)
+        randomise_saved_state(model)
         with torch.no_grad():
             expected[(model_name, method)] = model(
                 **{k: v for k, v in batch().items() if k != "labels"}

@@ -1,0 +1,1 @@
+"""Tasks, training data, mixing and batching (see docs/data.md)."""

@@ -68,6 +68,19 @@ def _has_conv1d(model: nn.Module) -> bool:
     return conv is not None and any(isinstance(m, conv) for m in model.modules())
 
 
+def peft_config_class(method: str) -> type:
+    """PEFT's config dataclass behind ``method`` (``LoraConfig`` for both "lora" and "dora")."""
+    if method not in PEFT_METHODS:
+        raise ValueError(f"unknown PEFT baseline {method!r}; allowed: {list(PEFT_METHODS)}")
+    peft = _peft()
+    return {
+        "lora": peft.LoraConfig,
+        "dora": peft.LoraConfig,
+        "adalora": peft.AdaLoraConfig,
+        "fourierft": peft.FourierFTConfig,
+    }[method]
+
+
 def peft_config(method: str, model: nn.Module | None = None, **kwargs: Any):
     """The PEFT config :func:`peft_baseline` would use (defaults overridden by ``kwargs``)."""
     if method not in PEFT_METHODS:
@@ -75,7 +88,6 @@ def peft_config(method: str, model: nn.Module | None = None, **kwargs: Any):
             f"unknown PEFT baseline {method!r}; allowed: {list(PEFT_METHODS)} (frame-peft's own "
             "methods go through frame_peft.inject)"
         )
-    peft = _peft()
     settings = {**_DEFAULTS[method], **kwargs}
     if method == "adalora" and settings.get("total_step") is None:
         raise ValueError(
@@ -85,12 +97,7 @@ def peft_config(method: str, model: nn.Module | None = None, **kwargs: Any):
         )
     if model is not None and "fan_in_fan_out" not in settings and _has_conv1d(model):
         settings["fan_in_fan_out"] = True  # GPT-2 Conv1D stores its weight (in, out)
-    cls = {
-        "lora": peft.LoraConfig,
-        "dora": peft.LoraConfig,
-        "adalora": peft.AdaLoraConfig,
-        "fourierft": peft.FourierFTConfig,
-    }[method]
+    cls = peft_config_class(method)
     try:
         return cls(**settings)
     except TypeError as err:

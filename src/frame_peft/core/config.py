@@ -28,11 +28,21 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def adapter_class(method: str) -> type:
+def _entry(method: str) -> tuple[type[AdapterConfig], type]:
     _ensure_builtin_methods()
     if method not in _REGISTRY:
         raise ValueError(f"unknown method {method!r}; known methods: {method_names()}")
-    return _REGISTRY[method][1]
+    return _REGISTRY[method]
+
+
+def adapter_class(method: str) -> type:
+    """The adapter module class registered for ``method``."""
+    return _entry(method)[1]
+
+
+def config_class(method: str) -> type[AdapterConfig]:
+    """The config dataclass registered for ``method`` (e.g. ``FrameConfig`` for ``"frame"``)."""
+    return _entry(method)[0]
 
 
 def _ensure_builtin_methods() -> None:

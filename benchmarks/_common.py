@@ -1,10 +1,13 @@
-"""Small helpers shared by the layer benchmark: machine info, robust statistics, Linux RSS."""
+"""Small helpers shared by the layer benchmark: machine info, robust statistics, Linux memory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import resource
 import statistics
+from collections.abc import Iterator
 
 import torch
 
@@ -67,3 +70,27 @@ def reset_peak_rss() -> None:
     """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def vm_size_mb() -> float:
+    """Virtual memory size of this process (VmSize), MiB: what RLIMIT_AS limits."""
+    return _status_kb("VmSize") / 1024.0
+
+
+@contextlib.contextmanager
+def address_space_cap(extra_mb: float) -> Iterator[None]:
+    """Let this process map at most ``extra_mb`` MiB more than now (``RLIMIT_AS``) inside the block.
+
+    An allocation past the cap raises (torch: ``RuntimeError``, Python: ``MemoryError``) instead
+    of pushing a shared machine into the OOM killer, which may pick another user's process. The
+    previous soft limit is restored on exit (an unprivileged process may raise it back).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = int((vm_size_mb() + extra_mb) * 2**20)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

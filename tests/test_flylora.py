@@ -1,17 +1,17 @@
-"""FlyLoRA: adapter-core matrix, frozen sparse A, k = r is LoRA, bias balancing, merge, config."""
+"""FlyLoRA specifics: frozen sparse A, k = r is LoRA, bias balancing, selection, merge, config.
+
+The adapter-core matrix (identity at init, disable, only B trains, A and b saved and float32, A
+unchanged by training, save/load in a fresh process) and the active-parameter formula run in
+``test_adapters_matrix.py`` (``_adapters.CONFIGS``).
+"""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 import frame_peft as fp
+from _adapters import adapters, assert_equals_reference, inputs, perturb
 from _models import MODELS, TARGETS, batch
 from frame_peft.methods.flylora import FlyLoRAAdapter, FlyLoRAConfig
 from frame_peft.routing import RoutingState
@@ -23,169 +23,29 @@ def make_config(targets="all-linear", **kw):
     return FlyLoRAConfig(target_modules=targets, **{"rank": 8, "top_k": 2, "dropout": 0.0, **kw})
 
 
-def _inputs():
-    return {k: v for k, v in batch().items() if k != "labels"}
-
-
-def _adapters(model):
-    return {n: layer.adapter for n, layer in fp.adapted_layers(model).items()}
-
-
-def perturb(model, std=0.1, seed=123):
-    """Move every B (d_out, r) away from zero (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    n = 0
-    with torch.no_grad():
-        for a in _adapters(model).values():
-            a.B.copy_(torch.randn(a.B.shape, generator=g) * std)
-            n += 1
-    assert n > 0
-
-
 def build(model_name, **kw):
-    base = MODELS[model_name]()
-    with torch.no_grad():
-        ref = base(**_inputs()).logits
-    return fp.inject(base, make_config(**kw)), ref
+    return fp.inject(MODELS[model_name](), make_config(**kw))
 
 
 def make_adapter(d_in=12, d_out=20, name="m", **kw):
     return FlyLoRAAdapter(d_in, d_out, make_config(**kw).settings_for(name), RoutingState(), name)
 
 
-# --- adapter-core matrix ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_identity_at_init_and_disable(model_name):
-    model, ref = build(model_name)
-    with torch.no_grad():
-        assert torch.equal(model(**_inputs()).logits, ref)
-        perturb(model)
-        moved = model(**_inputs()).logits
-        assert (moved - ref).abs().max() > 1e-4
-        with fp.disable_adapters(model):
-            assert torch.equal(model(**_inputs()).logits, ref)
-        assert torch.equal(model(**_inputs()).logits, moved)
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_only_b_trains(model_name):
-    model, _ = build(model_name)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters() if ".adapter." in n}
-    assert {n.rsplit(".adapter.", 1)[1] for n in trainable} == {"B"}  # A and b are buffers
-    for a in _adapters(model).values():
-        assert not a.A.requires_grad and not a.rank_bias.requires_grad
-        assert {"A", "rank_bias", "B"} == set(a.state_dict())  # both buffers are persistent
-    counts = fp.count_parameters(model)
-    assert counts["trainable"] == sum(
-        p.numel() for n, p in model.named_parameters() if p.requires_grad
-    )
-    assert 0 < counts["active_per_token"] <= counts["trainable"] < counts["total"]
-    assert counts["active_per_token"] == sum(2 * a.out_features for a in _adapters(model).values())
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_training_steps_reduce_loss(model_name):
-    model, _ = build(model_name)
-    a0 = {n: a.A.clone() for n, a in _adapters(model).items()}
-    model.train()
-    data = batch()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(6):
-        out = model(**data)
-        (out.loss + fp.aux_loss(model)).backward()
-        losses.append(float(out.loss.detach()))
-        opt.step()
-        opt.zero_grad()
-    assert losses[-1] < losses[0] - 1e-3, losses
-    assert all(torch.equal(a.A, a0[n]) for n, a in _adapters(model).items())  # A stays frozen
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_fp32_and_bf16_forward_finite(model_name):
-    model, _ = build(model_name)
-    perturb(model)
-    with torch.no_grad():
-        assert torch.isfinite(model(**_inputs()).logits).all()
-        model.to(torch.bfloat16)
-        out = model(**_inputs()).logits
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    for a in _adapters(model).values():  # the frozen A and the bias keep float32
-        assert a.A.dtype == a.rank_bias.dtype == torch.float32
-        assert a.B.dtype == torch.bfloat16
-
-
-_CHILD = textwrap.dedent(
-    """
-    import json, sys, torch
-    sys.path.insert(0, {tests!r})
-    import frame_peft as fp
-    from _models import MODELS, batch
-    for job in json.loads({jobs!r}):
-        model = fp.load_adapter(MODELS[job["model"]](), job["dir"])
-        with torch.no_grad():
-            logits = model(**{{k: v for k, v in batch().items() if k != "labels"}}).logits
-        torch.save(logits, job["out"])
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def reloaded(tmp_path_factory):
-    """Save one trained-looking adapter per model, reload all of them in one fresh process."""
-    root = tmp_path_factory.mktemp("fly-reload")
-    jobs, expected = [], {}
-    for model_name in MODELS:
-        model, _ = build(model_name)
-        perturb(model)
-        g = torch.Generator().manual_seed(7)
-        with torch.no_grad():
-            for a in _adapters(model).values():  # a moved bias changes which ranks are kept
-                a.rank_bias.copy_(torch.randn(a.rank_bias.shape, generator=g))
-            expected[model_name] = model(**_inputs()).logits
-        d = root / model_name
-        fp.save_adapter(model, d)
-        jobs.append({"model": model_name, "dir": str(d), "out": str(d / "logits.pt")})
-    code = _CHILD.format(tests=os.path.dirname(__file__), jobs=json.dumps(jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
-    return {m: (v, torch.load(root / m / "logits.pt")) for m, v in expected.items()}
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_save_load_new_process_bit_identical(reloaded, model_name):
-    expected, got = reloaded[model_name]
-    assert torch.equal(expected, got)
-
-
-# --- FlyLoRA specifics -----------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_k_equals_r_is_lora_with_that_a(model_name):
+    def copy(fly, lora):
+        lora.A.copy_(fly.A)
+        lora.B.copy_(fly.B)
+
     targets = TARGETS[model_name]
-    fly = fp.inject(MODELS[model_name](), make_config(targets, rank=4, top_k=4))
-    lora = fp.inject(
-        MODELS[model_name](), fp.LoRAConfig(target_modules=targets, rank=4, dropout=0.0)
-    )
-    perturb(fly)
-    with torch.no_grad():
-        for name, f in _adapters(fly).items():
-            lo = _adapters(lora)[name]
-            lo.A.copy_(f.A)
-            lo.B.copy_(f.B)
-        got, ref = fly(**_inputs()).logits, lora(**_inputs()).logits
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
-    assert (got - MODELS[model_name]()(**_inputs()).logits).abs().max() > 1e-4
+    lora = fp.LoRAConfig(target_modules=targets, rank=4, dropout=0.0)
+    assert_equals_reference(model_name, make_config(targets, rank=4, top_k=4), lora, copy)
 
 
 def test_sparse_a_exact_nonzeros_and_scale():
-    model, _ = build("llama", rank=8, top_k=2)
+    model = build("llama", rank=8, top_k=2)
     values = []
-    for a in _adapters(model).values():
+    for a in adapters(model).values():
         p = round(a.in_features * 2 / 8)
         assert a.nonzeros == p
         assert ((a.A != 0).sum(dim=1) == p).all()
@@ -197,24 +57,24 @@ def test_sparse_a_exact_nonzeros_and_scale():
 
 
 def test_frozen_a_reproducible_per_module_and_seed(tmp_path):
-    m1, _ = build("gpt2")
-    m2, _ = build("gpt2")
-    a1, a2 = _adapters(m1), _adapters(m2)
+    m1 = build("gpt2")
+    m2 = build("gpt2")
+    a1, a2 = adapters(m1), adapters(m2)
     assert all(torch.equal(a1[n].A, a2[n].A) for n in a1)  # rebuild: same A
     mats = [a.A for n, a in a1.items() if n.endswith("c_proj")]
     assert len(mats) >= 2 and not torch.equal(mats[0], mats[1])  # modules differ
-    m3, _ = build("gpt2", seed=1)
-    assert not any(torch.equal(a1[n].A, a.A) for n, a in _adapters(m3).items())
+    m3 = build("gpt2", seed=1)
+    assert not any(torch.equal(a1[n].A, a.A) for n, a in adapters(m3).items())
     # saved in the file, and loaded bit-identically even into a model built with another seed
     perturb(m1)
     fp.save_adapter(m1, tmp_path / "ad")
     _, tensors = fp.core.serialization.read_adapter(tmp_path / "ad")
     assert {k.rsplit(".", 1)[1] for k in tensors} == {"A", "B", "rank_bias"}
     with torch.no_grad():
-        for a in _adapters(m3).values():
+        for a in adapters(m3).values():
             a.A.mul_(2.0)
     m4 = fp.load_adapter(MODELS["gpt2"](), tmp_path / "ad")
-    for n, a in _adapters(m4).items():
+    for n, a in adapters(m4).items():
         assert torch.equal(a.A, a1[n].A) and torch.equal(a.B, a1[n].B)
 
 
@@ -261,15 +121,15 @@ def test_bias_update_excludes_padding():
 
 
 def test_training_forward_moves_bias_in_model():
-    model, _ = build("qwen2")
+    model = build("qwen2")
     model.train()
     out = model(**batch())
-    moved = [a.rank_bias.abs().max() > 0 for a in _adapters(model).values()]
+    moved = [a.rank_bias.abs().max() > 0 for a in adapters(model).values()]
     assert all(moved)
-    b = {n: a.rank_bias.clone() for n, a in _adapters(model).items()}
+    b = {n: a.rank_bias.clone() for n, a in adapters(model).items()}
     model.eval()
     model(**batch())  # grad on, but eval
-    assert all(torch.equal(a.rank_bias, b[n]) for n, a in _adapters(model).items())
+    assert all(torch.equal(a.rank_bias, b[n]) for n, a in adapters(model).items())
     del out
 
 
@@ -288,16 +148,16 @@ def test_selection_keeps_exactly_k_ranks():
 
 
 def test_merge_refuses_k_below_r_and_is_exact_for_k_equal_r():
-    model, _ = build("llama")
+    model = build("llama")
     with pytest.raises(fp.NotMergeableError, match="top_k == rank"):
         fp.merge_and_unload(model)
     assert fp.adapted_layers(model)
     for name in ("gpt2", "llama"):
-        model, _ = build(name, rank=4, top_k=4)
+        model = build(name, rank=4, top_k=4)
         perturb(model)
         with torch.no_grad():
-            adapted = model(**_inputs()).logits
-            merged = fp.merge_and_unload(model)(**_inputs()).logits
+            adapted = model(**inputs()).logits
+            merged = fp.merge_and_unload(model)(**inputs()).logits
         torch.testing.assert_close(merged, adapted, rtol=1e-5, atol=1e-5)
 
 

@@ -1,20 +1,21 @@
-"""FourierMoE (METHODS.md §3): matrix behaviour on tiny Llama / Qwen2 / GPT-2, the spectral maths,
-the exact relation to PEFT's FourierFT, the frequency-adaptive router and config validation."""
+"""FourierMoE (METHODS.md §3) specifics: saved positions, the spectral maths (real ΔW, activation
+path = dense IDFT2), the exact relation to PEFT's FourierFT, the frequency-adaptive router and
+config validation.
+
+The adapter-core matrix (identity at init, disable, trainable set, aux loss per module, bf16 with
+float32 routers and int64 positions, save/load with positions in a fresh process) and the
+active-parameter formula k·2n + E·d_in + E² run in ``test_adapters_matrix.py``.
+"""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from torch import nn
 
 import frame_peft as fp
-from _models import MODELS, batch
+from _adapters import inputs, perturb
+from _models import MODELS
 from frame_peft.core.inject import find_injection
 from frame_peft.methods.fouriermoe import FourierMoEAdapter, FourierMoEConfig
 from frame_peft.methods.fouriermoe.layer import (
@@ -32,24 +33,8 @@ def make_config(t):
     )
 
 
-def perturb(model: nn.Module, std: float = 0.1, seed: int = 123) -> None:
-    """Move every zero-initialised coefficient (real and imaginary parts) away from zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("adapter.coef_real", "adapter.coef_imag")):
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-def inputs():
-    return {k: v for k, v in batch().items() if k != "labels"}
-
-
 def build(model_name: str):
-    base = MODELS[model_name]()
-    with torch.no_grad():
-        ref = base(**inputs()).logits
-    return fp.inject(base, make_config("all-linear")), ref
+    return fp.inject(MODELS[model_name](), make_config("all-linear"))
 
 
 def adapter(d_in=16, d_out=24, **kw) -> FourierMoEAdapter:
@@ -62,123 +47,11 @@ def adapter(d_in=16, d_out=24, **kw) -> FourierMoEAdapter:
     return a
 
 
-# --- the matrix ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_identity_at_init_and_disable(model_name):
-    model, ref = build(model_name)
-    with torch.no_grad():
-        assert torch.equal(model(**inputs()).logits, ref)
-        perturb(model)
-        moved = model(**inputs()).logits
-        assert (moved - ref).abs().max() > 1e-4
-        with fp.disable_adapters(model):
-            assert torch.equal(model(**inputs()).logits, ref)
-        assert torch.equal(model(**inputs()).logits, moved)
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_only_adapter_parameters_train_and_counts(model_name):
-    model, _ = build(model_name)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters() if ".adapter." in n}
-    assert not any(".adapter.positions" in n for n in trainable)  # a buffer, never trained
-    counts = fp.count_parameters(model)
-    layers = fp.adapted_layers(model)
-    # k·2n + W_x + W_f per module (k = 2, n = 16, E = 4)
-    expected = sum(2 * 2 * 16 + 4 * la.in_features + 4 * 4 for la in layers.values())
-    assert counts["active_per_token"] == expected
-    assert 0 < counts["active_per_token"] <= counts["trainable"] < counts["total"]
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_training_steps_reduce_loss_and_record_aux(model_name):
-    model, _ = build(model_name)
-    model.train()
-    data = batch()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(6):
-        out = model(**data)
-        aux = fp.aux_loss(model)
-        assert torch.isfinite(aux) and aux > 0
-        losses.append(float(out.loss.detach()))
-        (out.loss + aux).backward()
-        opt.step()
-        opt.zero_grad()
-    assert losses[-1] < losses[0] - 1e-3, losses
-    terms = find_injection(model).state.current.terms
-    assert len(terms) == len(fp.adapted_layers(model))
-    assert all(float(t.num_tokens) == float(data["attention_mask"].sum()) for t in terms)
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_fp32_and_bf16_forward_finite(model_name):
-    model, _ = build(model_name)
-    perturb(model)
-    with torch.no_grad():
-        assert torch.isfinite(model(**inputs()).logits).all()
-        model.to(torch.bfloat16)
-        out = model(**inputs()).logits
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    for name, p in model.named_parameters():
-        if name.endswith("router.weight"):  # W_x and W_f (freq_router.weight)
-            assert p.dtype == torch.float32, name
-    for name, b in model.named_buffers():
-        if name.endswith("adapter.positions"):
-            assert b.dtype == torch.int64
-
-
-_CHILD = textwrap.dedent(
-    """
-    import json, sys, torch
-    sys.path.insert(0, {tests!r})
-    import frame_peft as fp
-    from _models import MODELS, batch
-    for job in json.loads({jobs!r}):
-        model = fp.load_adapter(MODELS[job["model"]](), job["dir"])
-        with torch.no_grad():
-            logits = model(**{{k: v for k, v in batch().items() if k != "labels"}}).logits
-        pos = {{n: b for n, b in model.named_buffers() if n.endswith("adapter.positions")}}
-        torch.save({{"logits": logits, "positions": pos}}, job["out"])
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def reloaded(tmp_path_factory):
-    """Save one perturbed adapter per model, reload all of them in one fresh process."""
-    root = tmp_path_factory.mktemp("reload")
-    jobs, expected = [], {}
-    for model_name in MODELS:
-        model, _ = build(model_name)
-        perturb(model)
-        with torch.no_grad():
-            logits = model(**inputs()).logits
-        pos = {n: b.clone() for n, b in model.named_buffers() if n.endswith("adapter.positions")}
-        expected[model_name] = {"logits": logits, "positions": pos}
-        d = root / model_name
-        fp.save_adapter(model, d)
-        jobs.append({"model": model_name, "dir": str(d), "out": str(d / "out.pt")})
-    code = _CHILD.format(tests=os.path.dirname(__file__), jobs=json.dumps(jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
-    return {m: (expected[m], torch.load(root / m / "out.pt")) for m in MODELS}
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_save_load_new_process_bit_identical(reloaded, model_name):
-    expected, got = reloaded[model_name]
-    assert torch.equal(expected["logits"], got["logits"])
-    assert expected["positions"].keys() == got["positions"].keys()
-    assert expected["positions"]
-    for k, v in expected["positions"].items():
-        assert torch.equal(v, got["positions"][k]), k
+# --- positions are saved ---------------------------------------------------------------------
 
 
 def test_positions_are_loaded_from_the_file_not_rederived(tmp_path):
-    model, _ = build("llama")
+    model = build("llama")
     perturb(model)
     name, layer = next(iter(fp.adapted_layers(model).items()))
     with torch.no_grad():  # swap two experts' positions: a valid but non-default layout

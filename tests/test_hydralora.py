@@ -1,17 +1,16 @@
-"""HydraLoRA: the adapter-core matrix, one head = LoRA, fast path = per-head loop, aux, config."""
+"""HydraLoRA specifics: one head = LoRA, fast path = per-head loop, merge, aux, config.
+
+The adapter-core matrix (identity at init, disable, trainable set, training, bf16, save/load) and
+the active-parameter formula run in ``test_adapters_matrix.py`` (``_adapters.CONFIGS``).
+"""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 import frame_peft as fp
+from _adapters import adapters, assert_equals_reference, inputs, perturb
 from _models import MODELS, TARGETS, batch
 from frame_peft.methods.hydralora import HydraLoRAAdapter, HydraLoRAConfig
 from frame_peft.routing import RoutingState
@@ -23,152 +22,20 @@ def make_config(targets="all-linear", **kw):
     )
 
 
-def _inputs():
-    return {k: v for k, v in batch().items() if k != "labels"}
-
-
-def _adapters(model):
-    return {n: layer.adapter for n, layer in fp.adapted_layers(model).items()}
-
-
-def perturb(model, std=0.1, seed=123):
-    """Move every head B (E, d_out, r) away from zero (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    n = 0
-    with torch.no_grad():
-        for a in _adapters(model).values():
-            a.B.copy_(torch.randn(a.B.shape, generator=g) * std)
-            n += 1
-    assert n > 0
-
-
 def build(model_name, **kw):
-    base = MODELS[model_name]()
-    with torch.no_grad():
-        ref = base(**_inputs()).logits
-    return fp.inject(base, make_config(**kw)), ref
-
-
-# --- adapter-core matrix ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_identity_at_init_and_disable(model_name):
-    model, ref = build(model_name)
-    with torch.no_grad():
-        assert torch.equal(model(**_inputs()).logits, ref)
-        perturb(model)
-        moved = model(**_inputs()).logits
-        assert (moved - ref).abs().max() > 1e-4
-        with fp.disable_adapters(model):
-            assert torch.equal(model(**_inputs()).logits, ref)
-        assert torch.equal(model(**_inputs()).logits, moved)
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_only_adapter_parameters_train(model_name):
-    model, _ = build(model_name)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters() if ".adapter." in n}
-    assert {n.rsplit(".adapter.", 1)[1] for n in trainable} == {"A", "B", "router.weight"}
-    counts = fp.count_parameters(model)
-    assert counts["trainable"] == sum(
-        p.numel() for n, p in model.named_parameters() if p.requires_grad
-    )
-    assert 0 < counts["active_per_token"] <= counts["trainable"] < counts["total"]
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_training_steps_reduce_loss(model_name):
-    model, _ = build(model_name)
-    model.train()
-    data = batch()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(6):
-        out = model(**data)
-        (out.loss + fp.aux_loss(model)).backward()
-        losses.append(float(out.loss.detach()))
-        opt.step()
-        opt.zero_grad()
-    assert losses[-1] < losses[0] - 1e-3, losses
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_fp32_and_bf16_forward_finite(model_name):
-    model, _ = build(model_name)
-    perturb(model)
-    with torch.no_grad():
-        assert torch.isfinite(model(**_inputs()).logits).all()
-        model.to(torch.bfloat16)
-        out = model(**_inputs()).logits
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    for a in _adapters(model).values():
-        assert a.router.weight.dtype == torch.float32
-        assert a.B.dtype == torch.bfloat16
-
-
-_CHILD = textwrap.dedent(
-    """
-    import json, sys, torch
-    sys.path.insert(0, {tests!r})
-    import frame_peft as fp
-    from _models import MODELS, batch
-    for job in json.loads({jobs!r}):
-        model = fp.load_adapter(MODELS[job["model"]](), job["dir"])
-        with torch.no_grad():
-            logits = model(**{{k: v for k, v in batch().items() if k != "labels"}}).logits
-        torch.save(logits, job["out"])
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def reloaded(tmp_path_factory):
-    """Save one perturbed adapter per model, reload all of them in one fresh process."""
-    root = tmp_path_factory.mktemp("hydra-reload")
-    jobs, expected = [], {}
-    for model_name in MODELS:
-        model, _ = build(model_name)
-        perturb(model)
-        with torch.no_grad():
-            for a in _adapters(model).values():  # a trained-looking router, not the init one
-                a.router.weight.normal_(0.0, 1.0)
-            expected[model_name] = model(**_inputs()).logits
-        d = root / model_name
-        fp.save_adapter(model, d)
-        jobs.append({"model": model_name, "dir": str(d), "out": str(d / "logits.pt")})
-    code = _CHILD.format(tests=os.path.dirname(__file__), jobs=json.dumps(jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
-    return {m: (v, torch.load(root / m / "logits.pt")) for m, v in expected.items()}
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_save_load_new_process_bit_identical(reloaded, model_name):
-    expected, got = reloaded[model_name]
-    assert torch.equal(expected, got)
-
-
-# --- HydraLoRA specifics ---------------------------------------------------------------------
+    return fp.inject(MODELS[model_name](), make_config(**kw))
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_one_head_equals_lora(model_name):
+    def copy(hydra, lora):
+        lora.A.copy_(hydra.A)
+        lora.B.copy_(hydra.B[0])
+
     targets = TARGETS[model_name]
-    hydra = fp.inject(MODELS[model_name](), make_config(targets, num_experts=1, rank=4))
-    lora = fp.inject(
-        MODELS[model_name](), fp.LoRAConfig(target_modules=targets, rank=4, dropout=0.0)
-    )
-    perturb(hydra)
-    with torch.no_grad():
-        for name, h in _adapters(hydra).items():
-            lo = _adapters(lora)[name]
-            lo.A.copy_(h.A)
-            lo.B.copy_(h.B[0])
-        got, ref = hydra(**_inputs()).logits, lora(**_inputs()).logits
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
-    assert (got - MODELS[model_name]()(**_inputs()).logits).abs().max() > 1e-3
+    lora = fp.LoRAConfig(target_modules=targets, rank=4, dropout=0.0)
+    hydra = make_config(targets, num_experts=1, rank=4)
+    assert_equals_reference(model_name, hydra, lora, copy, moved=1e-3)
 
 
 def test_fast_path_equals_reference_loop():
@@ -188,40 +55,34 @@ def test_fast_path_equals_reference_loop():
 
 
 def test_merge_one_head_and_refuse_several():
-    model, _ = build("gpt2", num_experts=1)
+    model = build("gpt2", num_experts=1)
     perturb(model)
     with torch.no_grad():
-        adapted = model(**_inputs()).logits
+        adapted = model(**inputs()).logits
     merged = fp.merge_and_unload(model)
     with torch.no_grad():
-        torch.testing.assert_close(merged(**_inputs()).logits, adapted, rtol=1e-5, atol=1e-5)
-    model, _ = build("llama")
+        torch.testing.assert_close(merged(**inputs()).logits, adapted, rtol=1e-5, atol=1e-5)
+    model = build("llama")
     with pytest.raises(fp.NotMergeableError, match="heads"):
         fp.merge_and_unload(model)
     assert fp.adapted_layers(model)  # nothing was changed
 
 
-def test_active_parameters_count_every_head():
-    a = HydraLoRAAdapter(12, 20, make_config().settings_for("m"), RoutingState(), "m")
-    assert a.active_parameters() == 2 * 12 + 3 * 20 * 2 + 3 * 12
-    assert a.active_parameters() == sum(p.numel() for p in a.parameters())
-
-
 def test_aux_loss_none_by_default_and_switch_trains_router():
-    model, _ = build("llama")
+    model = build("llama")
     model.train()
     model(**batch())
     assert fp.aux_stats(model) == {}
     assert HydraLoRAConfig().aux_loss == "none"
 
-    model, _ = build("llama", aux_loss="switch", aux_loss_coef=1.0)
+    model = build("llama", aux_loss="switch", aux_loss_coef=1.0)
     model.train()
     model(**batch())
     stats = fp.aux_stats(model)
     assert set(stats) == {"balance"} and stats["balance"] >= 1.0 - 1e-6
     loss = fp.aux_loss(model)
     loss.backward()
-    grads = [a.router.weight.grad for a in _adapters(model).values()]
+    grads = [a.router.weight.grad for a in adapters(model).values()]
     assert all(g is not None and g.abs().max() > 0 for g in grads)  # not the constant dense f
 
 

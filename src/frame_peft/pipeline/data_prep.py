@@ -81,20 +81,9 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     train: dict[str, list[Example]] = {}
     held_out: dict[str, list[Example]] = {}
     records: list[dict[str, Any]] = []
-    for task in dict.fromkeys([*data.eval, *data.train]):
+    tasks = [t for t in dict.fromkeys([*data.eval, *data.train]) if t not in TRAIN_ONLY_SOURCES]
+    for task in tasks:
         n_train, n_eval = data.train.get(task), data.eval.get(task)
-        if task in TRAIN_ONLY_SOURCES:
-            train[task] = _generate(recipe, task, n_train or 0)
-            records.append(
-                {
-                    "task": task,
-                    "role": "train",
-                    "generated": True,
-                    "seed": seed,
-                    "size": len(train[task]),
-                }
-            )
-            continue
         examples = _load(recipe, task)
         if n_train is not None and n_eval is not None:
             if n_eval == 0:
@@ -129,14 +118,14 @@ def prepare_data(recipe: Recipe) -> PreparedData:
                     "of": len(examples),
                 }
             )
-    # Generated sources last: they must avoid every held-out item.
+    # Generated and training-only sources last: they must avoid every held-out item.
     for task in (t for t in data.train if t in TRAIN_ONLY_SOURCES):
         train[task] = _generate(recipe, task, data.train[task], held_out)
         records.append(
             {
                 "task": task,
                 "role": "train",
-                "generated": True,
+                "source": "generated" if task == "reasoning_gym_math" else "training set",
                 "seed": seed,
                 "size": len(train[task]),
             }

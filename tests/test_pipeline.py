@@ -114,3 +114,18 @@ def test_cli_train_peft_baseline_and_errors(recipe_file, tmp_path, capsys):
     assert "bogus" in err and "max_steps" in err
     assert main(["train", str(recipe_file), "--method", "nope"]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_training_is_reproducible_whatever_ran_before(recipe_file, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from frame_peft.pipeline import train_recipe
+
+    recipe = load_recipe(recipe_file, ["train.max_steps=2"])
+    train_recipe(recipe, output_dir=tmp_path / "a", evaluate_after=False)
+    torch.rand(1000)  # the adapter init must not depend on the global RNG state
+    train_recipe(recipe, output_dir=tmp_path / "b", evaluate_after=False)
+    a = load_file(tmp_path / "a" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

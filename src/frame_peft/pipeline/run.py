@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import __version__
 from ..recipes.schema import BASELINE, Recipe, load_recipe, recipe_from_dict
 from .data_prep import PreparedData, prepare_data
@@ -138,6 +140,7 @@ def train_recipe(
     )
     global_batch = config.per_device_batch_size * config.gradient_accumulation_steps * world
     total_steps = config.max_steps or config.num_epochs * (len(dataset) // global_batch)
+    torch.manual_seed(config.seed)  # adapter init depends on the seed, not on what ran before
     model = attach_adapter(model, recipe, method, total_steps=total_steps)
     config.pad_token_id = tokenizer.pad_token_id
     if rank == 0:

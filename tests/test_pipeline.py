@@ -105,10 +105,14 @@ def test_cli_train_peft_baseline_and_errors(recipe_file, tmp_path, capsys):
             str(out),
             "--set",
             "train.max_steps=2",
+            "--set",
+            "train.eval_every=1",
         ]
     )
     assert code == 0
     assert (out / "eval.json").is_file() and (out / "adapter").is_dir()
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert sum("eval/arc_easy" in row for row in logged) == 2  # periodic eval at steps 1 and 2
     assert main(["train", str(recipe_file), "--set", "train.bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "bogus" in err and "max_steps" in err

@@ -146,7 +146,26 @@ def train_recipe(
     if rank == 0:
         print(f"[{method}] {data.summary()}\n[{method}] parameters: {_count(model)}")
     start = time.perf_counter()
-    result = Trainer(model, dataset, config, collate_fn=PadCollator(tokenizer.pad_token_id)).train()
+    eval_fn = None
+    if config.eval_every:  # periodic held-out eval, logged as eval/<task> in log.jsonl
+
+        def eval_fn(m):
+            from ..evaluation import evaluate
+
+            res = evaluate(
+                m,
+                tokenizer,
+                data.eval,
+                batch_size=recipe.eval.batch_size,
+                max_new_tokens=recipe.eval.max_new_tokens,
+                progress=False,
+            )
+            return {**res.primary(), "overall": res.overall or 0.0}
+
+    trainer = Trainer(
+        model, dataset, config, collate_fn=PadCollator(tokenizer.pad_token_id), eval_fn=eval_fn
+    )
+    result = trainer.train()
     train_seconds = time.perf_counter() - start
     if rank != 0:
         return None

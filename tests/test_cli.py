@@ -1,0 +1,54 @@
+"""The command line: help for every subcommand, recipe listing, assets status, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from frame_peft.cli import main
+
+SUBCOMMANDS = ["train", "eval", "compare", "assets", "recipes", "demo", "transforms-tour"]
+
+
+def test_help_lists_every_subcommand_and_method(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in out
+    for method in ("frame", "moe-lora", "fouriermoe", "hmora", "peft:fourierft", "base"):
+        assert method in out
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_each_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: frame-peft " + command in capsys.readouterr().out
+
+
+def test_recipes_listing_and_printing(capsys):
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("quickstart", "commonsense", "math", "code", "knowledge", "multitask"):
+        assert name in listed
+    assert main(["recipes", "quickstart"]) == 0
+    assert "name: quickstart" in capsys.readouterr().out
+    assert main(["recipes", "nope"]) == 2
+
+
+def test_assets_status_runs_without_network(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAME_PEFT_CACHE", str(tmp_path))
+    assert main(["assets", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2" in out and "missing" in out
+
+
+def test_missing_recipe_and_bad_override_are_errors_not_tracebacks(capsys):
+    assert main(["train", "no-such-recipe"]) == 2
+    assert "built-in recipes" in capsys.readouterr().err
+    assert main(["compare", "quickstart", "--set", "data.source=cloud"]) == 2
+    assert "offline" in capsys.readouterr().err
+    assert main(["train", "quickstart", "--set", "adapters.frame.top_k"]) == 2
+    assert "key=value" in capsys.readouterr().err

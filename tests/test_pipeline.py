@@ -81,6 +81,8 @@ def test_compare_then_reevaluate_a_run(recipe_file, tmp_path, capsys):
     table = compare_recipe(recipe, output_dir=tmp_path)
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 3  # header + base, lora, frame
+    frame_row = next(r for r in rows if r.startswith("| frame "))
+    assert not frame_row.rstrip(" |").endswith("–")  # active-parameter share is reported
     for method in ("base", "lora", "frame"):
         assert (tmp_path / method / "eval.json").is_file()
     assert (tmp_path / "frame" / "adapter" / "adapter_config.json").is_file()

@@ -35,16 +35,20 @@ real x, ``Σ_q x_q e^{2πi v q/d_in} = X̂[−v]``, so for ΔW = α·IDFT2(S)::
 
 an inverse DFT along the output axis of S applied to the DFT of x along the input axis. Z is
 Hermitian (Z[−u] = conj Z[u]), so only ``u ∈ [0, ⌊d_out/2⌋]`` is needed and ``irfft(Z, norm=
-"forward")`` does the sum. For the gated mixture, per token t (T tokens, k selected experts)::
+"forward")`` does the sum. For the gated mixture, per token t::
 
-    Z_t[u_j] += ĝ_{t,e} · c_{e,j} · X̂_t[−v_j]              (gather, scale, scatter-add)
+    Z_t = Σ_{e ∈ top-k(t)} ĝ_{t,e} · A_e X̂_t,      A_e[u_j mod d_out, (−v_j) mod d_in] = c_{e,j}
 
-and in the self-mirrored rows (u_j = 0 or d_out/2) the mirror conj(c) at (u_j, −v_j) lands in the
-same row and adds the conjugate, i.e. 2·Re of the term (the imaginary part there is zero).
-X̂[−v] is read from ``rfft(x)`` (T, ⌊d_in/2⌋+1) as ``X̂[w]`` or ``conj X̂[d_in − w]``, w = −v mod
-d_in. Cost per token: one rfft, k·n complex multiply-adds, one irfft; the FFTs are shared by all
-experts by linearity. All gather/scatter indices are (T, k·n) tensors built from the router's top-k
-indices: no Python loop over experts. Memory: the middle step keeps O(T·k·n) values for backward.
+(a sparse (⌊d_out/2⌋+1) × d_in matrix with n entries per expert: gather X̂_t[−v_j], scale by c,
+add into bin u_j). In the self-mirrored rows (u_j = 0 or d_out/2) the mirror conj(c) at
+(u_j, −v_j) lands in the same row and adds the conjugate, i.e. 2·Re of the term (entry 2c, the
+imaginary part of the bin dropped). Cost per token: one FFT, k·n complex multiply-adds, one irfft;
+the FFTs are shared by all experts by linearity. The middle step (:mod:`.spectral_mix`) groups the
+tokens by expert and applies each ``A_e`` as one CSR sparse × dense product, with a hand-written
+backward (the adjoint product, and an SDDMM for the coefficients), so a step's extra memory is
+O(T·(d_in + d_out)) (X̂ is saved for backward, Z and the gradients are transient) plus
+O(T_e·(d_in + d_out)) per expert while it runs: no (T, k·n) table. The sparse structure is derived
+from ``positions`` and cached until the buffer changes.
 
 **Frequency-adaptive router.** ``φ(x)_b = log(ε + E_b(x))`` with ``E_b`` the energy of x's
 unitary spectrum in 1-D band b: the rfft bins ``|v| ∈ [0, ⌊d_in/2⌋]`` are cut into E contiguous
@@ -80,6 +84,7 @@ from ...routing import (
     select_experts,
     switch_loss,
 )
+from .spectral_mix import Dispatch, SpectralPattern, build_pattern, spectral_mix
 
 
 def centered_label(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -233,50 +238,30 @@ class FourierMoEAdapter(Adapter):
         return routing
 
     # Spectral experts ------------------------------------------------------------------------
-    def _index_tables(self) -> dict[str, torch.Tensor]:
-        """Flat (E·n,) tables derived from ``positions`` (recomputed: cheap, always in sync).
-
-        ``row``: output rfft bin ``u mod d_out`` ∈ [0, ⌊d_out/2⌋]; ``col``: input rfft bin of
-        X̂[−v]; ``sign``: −1 where X̂[−v] = conj(rfft bin); ``w_re``, ``w_im``: (2, 0) in the
-        self-mirrored rows (the mirror adds the conjugate), else (1, 1).
-        """
-        d_out, d_in = self.out_features, self.in_features
-        u = self.positions[..., 0].reshape(-1) % d_out
-        w = (-self.positions[..., 1].reshape(-1)) % d_in
-        conj = w > d_in // 2
-        col = torch.where(conj, d_in - w, w)
-        self_row = ((u == 0) | (2 * u == d_out)).float()
-        return {
-            "row": u,
-            "col": col,
-            "sign": 1.0 - 2.0 * conj.float(),
-            "w_re": 1.0 + self_row,
-            "w_im": 1.0 - self_row,
-        }
+    def spectral_pattern(self) -> SpectralPattern:
+        """CSR structure of the experts (from ``positions``), rebuilt when the buffer changes."""
+        pos = self.positions
+        cached = self.__dict__.get("_pattern_cache")
+        if cached is None or cached[0] is not pos or cached[1] != pos._version:
+            pattern = build_pattern(pos, self.out_features, self.in_features)
+            self.__dict__["_pattern_cache"] = (pos, pos._version, pattern)
+            return pattern
+        return cached[2]
 
     def spectral_mixture(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-        """``Σ_e ĝ_e ΔW_e x`` by rfft → gather/scale/scatter → irfft: (T, d_in) -> (T, d_out).
+        """``Σ_e ĝ_e ΔW_e x`` by FFT → per-expert sparse product → irfft: (T, d_in) -> (T, d_out).
 
         Runs in float32 (float64 for float64 input) whatever the model dtype.
         """
         ftype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        t, n = x.shape[0], self.num_coefficients
-        spec = torch.fft.rfft(x.to(ftype), dim=-1)  # (T, ⌊d_in/2⌋+1), unnormalised
-        tab = self._index_tables()
-        pos = (routing.indices.unsqueeze(-1) * n + torch.arange(n, device=x.device)).reshape(t, -1)
-        gate = routing.gates.gather(-1, routing.indices).to(ftype).repeat_interleave(n, dim=-1)
-        col = tab["col"][pos]
-        xr = spec.real.gather(-1, col)
-        xi = spec.imag.gather(-1, col) * tab["sign"].to(ftype)[pos]  # X̂[−v_j], (T, k·n)
-        cr = self.coef_real.to(ftype).reshape(-1)[pos] * gate
-        ci = self.coef_imag.to(ftype).reshape(-1)[pos] * gate
-        m_re = (cr * xr - ci * xi) * tab["w_re"].to(ftype)[pos]
-        m_im = (cr * xi + ci * xr) * tab["w_im"].to(ftype)[pos]
-        row = tab["row"][pos]
-        bins = self.out_features // 2 + 1
-        z_re = torch.zeros(t, bins, dtype=ftype, device=x.device).scatter_add(-1, row, m_re)
-        z_im = torch.zeros(t, bins, dtype=ftype, device=x.device).scatter_add(-1, row, m_im)
-        y = torch.fft.irfft(torch.complex(z_re, z_im), n=self.out_features, norm="forward")
+        spec = torch.fft.fft(x.to(ftype), dim=-1)  # X̂, unnormalised; A_e reads X̂[−v]
+        coef = torch.complex(self.coef_real.to(ftype), self.coef_imag.to(ftype))
+        dispatch = Dispatch.from_indices(routing.indices, self.num_experts)
+        gates = routing.gates.gather(-1, routing.indices).to(ftype).reshape(-1)[dispatch.slots]
+        z = spectral_mix(
+            spec, coef, gates, self.spectral_pattern(), dispatch, self.out_features
+        )  # (T, ⌊d_out/2⌋+1)
+        y = torch.fft.irfft(z, n=self.out_features, norm="forward")
         return y * (self.alpha / (self.out_features * self.in_features))
 
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:

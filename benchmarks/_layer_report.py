@@ -46,9 +46,10 @@ MEASURED = """\
   before reading small gaps. The 1-minute load average at start and end is under Machine."""
 
 GAP_TEXT = """\
-FourierMoE evaluates ΔW x on activations: one rfft of x, a gather-scale-scatter of the k·n
-selected coefficients per token, one irfft, so its time and memory grow linearly with T and it
-never holds a d_out × d_in matrix. PEFT FourierFT scatters its n real coefficients into a dense
+FourierMoE evaluates ΔW x on activations: one FFT of x shared by all experts, then per expert a
+sparse (half-spectrum × d_in) matrix of its n coefficients times the spectra of the tokens routed
+to it, summed under the gates, and one inverse real FFT, so its time and memory grow linearly
+with T and it never holds a d_out × d_in matrix. PEFT FourierFT scatters its n real coefficients into a dense
 spectrum, runs a 2-D inverse FFT to a dense ΔW (independent of T) and then multiplies x by ΔW like
 a second base weight (forward, grad-input and grad-ΔW: three T·d_in·d_out matmuls, linear in T
 with the base's slope). Both apply the same number of real coefficients to each token: FourierFT

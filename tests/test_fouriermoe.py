@@ -24,6 +24,7 @@ from frame_peft.methods.fouriermoe.layer import (
     frequency_rings,
     half_plane_size,
 )
+from frame_peft.methods.fouriermoe.spectral_mix import Dispatch, build_pattern, spectral_mix
 from frame_peft.routing import RoutingState
 
 
@@ -195,6 +196,132 @@ def test_imaginary_parts_add_the_odd_half_fourierft_cannot_express():
     point_mirror = torch.roll(dw.flip(0, 1), shifts=(1, 1), dims=(0, 1))
     assert torch.allclose(dw, -point_mirror, atol=1e-6)  # purely odd
     assert dw.abs().max() > 1e-3
+
+
+# --- the activation path: gradients, memory, structure ------------------------------------
+
+
+def _params(a: FourierMoEAdapter) -> dict[str, torch.Tensor]:
+    return dict(a.named_parameters())
+
+
+def _grads(a: FourierMoEAdapter, path, x: torch.Tensor, upstream: torch.Tensor):
+    """Gradients of ⟨path(x, x), upstream⟩ w.r.t. x and every parameter."""
+    x = x.detach().clone().requires_grad_(True)
+    out = path(x, x)
+    names = list(_params(a))
+    grads = torch.autograd.grad((out * upstream).sum(), [x, *_params(a).values()])
+    return dict(zip(["x", *names], grads, strict=True))
+
+
+@pytest.mark.parametrize(("d_out", "d_in", "top_k"), [(24, 16, 2), (15, 33, 4), (32, 32, 1)])
+def test_activation_path_gradients_equal_dense_idft2(d_out, d_in, top_k):
+    """Coefficients, both routers and the input (adapter input and router input) get the
+    gradients of the dense float64 IDFT2 path."""
+    a = adapter(d_in, d_out, top_k=top_k).double()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, d_in, generator=g, dtype=torch.float64)
+    upstream = torch.randn(2, 6, d_out, generator=g, dtype=torch.float64)
+    fast = _grads(a, a, x, upstream)
+    dense = _grads(a, a.reference_forward, x, upstream)
+    assert set(fast) == {"x", "coef_real", "coef_imag", "router.weight", "freq_router.weight"}
+    for name, want in dense.items():
+        assert want.abs().max() > 1e-6, name  # the comparison is not vacuous
+        assert torch.allclose(fast[name], want, rtol=1e-9, atol=1e-9 * want.abs().max()), name
+
+
+def test_activation_path_gradcheck():
+    """float64 gradcheck of the adapter in its input and coefficients (routing fixed: the
+    routers run in float32 by design, too coarse for finite differences), and of the mixing
+    Function in free gate values."""
+    a = adapter(12, 10, num_experts=3, top_k=2, num_coefficients=5).double()
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.randn(5, 12, generator=g, dtype=torch.float64)
+
+    def adapted(x, coef_real, coef_imag):
+        params = {"coef_real": coef_real, "coef_imag": coef_imag}
+        return torch.func.functional_call(a, params, (x, x0))
+
+    coefs = (a.coef_real.detach().clone(), a.coef_imag.detach().clone())
+    inputs = tuple(t.requires_grad_(True) for t in (x0.clone(), *coefs))
+    assert torch.autograd.gradcheck(adapted, inputs)
+
+    indices = a.route(x0).indices
+    dispatch = Dispatch.from_indices(indices, a.num_experts)
+    pattern = a.spectral_pattern()
+
+    def mixed(x, coef_real, coef_imag, gates):  # the one-sided spectrum Z itself
+        return spectral_mix(
+            torch.fft.fft(x),
+            torch.complex(coef_real, coef_imag),
+            gates.reshape(-1)[dispatch.slots],
+            pattern,
+            dispatch,
+            a.out_features,
+        )
+
+    with torch.no_grad():
+        z = mixed(x0, *coefs, a.route(x0).gates.gather(-1, indices).double())
+        dense = a.reference_forward(x0, x0) * (a.in_features / a.alpha)  # rfft(dense) = Z
+    assert torch.allclose(z, torch.fft.rfft(dense), atol=1e-9 * float(dense.abs().max()))
+    assert z.imag[:, 0].abs().max() == 0 and z.imag[:, -1].abs().max() == 0  # DC, Nyquist
+    gates = torch.rand(5, 2, generator=g, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(mixed, (*inputs, gates))
+
+
+def test_experts_without_tokens_and_float32_gradients():
+    """A router that sends every token to expert 0 (top-1) leaves the other experts without
+    tokens and with zero gradients; float32 gradients match the float64 dense path."""
+    a = adapter(16, 24, top_k=1)
+    with torch.no_grad():
+        a.router.weight.zero_()
+        a.router.weight[0] = 10.0  # logit_0 = 10·Σx > 0 = the other logits for positive-mean x
+        a.freq_router.weight.zero_()
+    x = torch.randn(7, 16, generator=torch.Generator().manual_seed(8)) + 3.0
+    upstream = torch.randn(7, 24, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a.route(x).indices, torch.zeros(7, 1, dtype=torch.long))
+    fast = _grads(a, a, x, upstream)
+    dense = _grads(a, a.reference_forward, x, upstream.double())
+    assert fast["coef_real"][1:].abs().max() == 0 and fast["coef_real"][0].abs().max() > 0
+    for name in ("x", "coef_real", "coef_imag"):
+        want = dense[name].double()
+        assert torch.allclose(fast[name].double(), want, atol=1e-5 * want.abs().max()), name
+
+
+def test_activation_path_saves_no_per_coefficient_tables():
+    """Backward keeps O(T·(d_in + d_out)) values: no saved tensor grows with T·k·n."""
+    d_in, d_out, t = 64, 48, 32
+    a = FourierMoEAdapter(
+        d_in, d_out, FourierMoEConfig(num_experts=4, top_k=2).settings_for("m"), RoutingState(), "m"
+    )
+    n = a.num_coefficients
+    assert 2 * n > d_in + d_out  # so that a (T, k·n) table would be the largest saved tensor
+    saved = []
+    x = torch.randn(t, d_in, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda v: saved.append(v.numel()) or v, lambda v: v
+    ):
+        a(x, x).sum().backward()
+    assert max(saved) <= max(t * max(d_in, d_out), a.num_experts * n)
+    # O(T·(d_in + d_out)) in all, parameters aside (the old path saved ten (T, k·n) tables)
+    assert sum(saved) <= 8 * t * (d_in + d_out) + 4 * a.num_experts * n
+
+
+def test_new_positions_take_effect_and_pattern_checks():
+    a = adapter(16, 24)
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        a(x, x)  # builds and caches the sparse structure
+        a.positions.copy_(a.positions.flip(0))  # valid layout, other rings per expert
+        assert torch.allclose(a(x, x).double(), a.reference_forward(x, x), atol=1e-5)
+    bad = a.positions.clone()
+    bad[0, 0, 0] = 13  # row 13 of 24 lies in the lower half plane
+    with pytest.raises(ValueError, match="half-plane rows"):
+        build_pattern(bad, 24, 16)
+    bad = a.positions.clone()
+    bad[1, 1] = bad[1, 0]
+    with pytest.raises(ValueError, match="twice"):
+        build_pattern(bad, 24, 16)
 
 
 # --- the frequency-adaptive router -----------------------------------------------------------

@@ -204,6 +204,7 @@ class FourierMoEAdapter(Adapter):
         self.num_coefficients = n
         seed = module_seed(int(settings["seed"]), name)
         self.register_buffer("positions", draw_positions(out_features, in_features, e, n, seed))
+        self._pattern_cache: tuple[torch.Tensor, int, SpectralPattern] | None = None
         self.coef_real = nn.Parameter(torch.zeros(e, n))
         self.coef_imag = nn.Parameter(torch.zeros(e, n))
         self.router = Router(in_features, e, self.top_k, settings.get("router_jitter", 0.0))
@@ -239,13 +240,16 @@ class FourierMoEAdapter(Adapter):
 
     # Spectral experts ------------------------------------------------------------------------
     def spectral_pattern(self) -> SpectralPattern:
-        """CSR structure of the experts (from ``positions``), rebuilt when the buffer changes."""
+        """CSR structure of the experts (from ``positions``), rebuilt when the buffer changes.
+
+        The cache key is the buffer object and its in-place version counter, so ``.to()``,
+        ``load_state_dict`` and in-place edits of ``positions`` all invalidate it.
+        """
         pos = self.positions
-        cached = self.__dict__.get("_pattern_cache")
+        cached = self._pattern_cache
         if cached is None or cached[0] is not pos or cached[1] != pos._version:
-            pattern = build_pattern(pos, self.out_features, self.in_features)
-            self.__dict__["_pattern_cache"] = (pos, pos._version, pattern)
-            return pattern
+            cached = (pos, pos._version, build_pattern(pos, self.out_features, self.in_features))
+            self._pattern_cache = cached
         return cached[2]
 
     def spectral_mixture(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:

@@ -178,7 +178,7 @@ class SpectralMix(torch.autograd.Function):
             tok = dispatch.tokens[sl]
             z_t = pattern.matrix(e, csr_vals) @ _gather_t(spec, tok)  # (B, T_e)
             z.index_add_(0, tok, z_t.mul_(gates[sl]).t().contiguous())
-        pass
+        _drop_self_imag(z, d_out)
         ctx.save_for_backward(spec, vals, gates)
         ctx.pattern, ctx.dispatch, ctx.d_out = pattern, dispatch, d_out
         return z
@@ -189,8 +189,6 @@ class SpectralMix(torch.autograd.Function):
         spec, vals, gates = ctx.saved_tensors
         pattern, dispatch = ctx.pattern, ctx.dispatch
         need_spec, need_coef, need_gates = ctx.needs_input_grad[:3]
-        grad_z = grad_z.clone()
-        _drop_self_imag(grad_z, ctx.d_out)
         g_spec = torch.zeros_like(spec) if need_spec else None
         g_vals = torch.zeros_like(vals) if need_coef else None
         g_gates = torch.zeros_like(gates) if need_gates else None
@@ -201,6 +199,7 @@ class SpectralMix(torch.autograd.Function):
             a = pattern.matrix(e, csr_vals)
             f_t = _gather_t(spec, tok)  # (d_in, T_e)
             g_t = _gather_t(grad_z, tok)  # (B, T_e)
+            _drop_self_imag(g_t.t(), ctx.d_out)  # on the copy: grad_z is not ours to change
             if need_gates:  # Re⟨A_e F[t], G[t]⟩, the forward product recomputed
                 g_gates[sl] = torch.linalg.vecdot(a @ f_t, g_t, dim=0).real
             g_t.mul_(gates[sl])

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="frame-peft",
         description="Mixture-of-experts adapters in a learnable fractional-Fourier domain: "
         "fine-tune and evaluate FRAME and its baselines on Hugging Face causal LMs.",
-        epilog=f"Methods: {methods}. Docs: docs/cli.md, docs/recipes.md.",
+        epilog=f"Methods: {methods}. Docs: docs/recipes.md (recipes and commands), "
+        "docs/training.md, docs/evaluation.md.",
     )
     parser.add_argument("--version", action="version", version=f"frame-peft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -48,13 +48,24 @@ MEASURED = """\
 GAP_TEXT = """\
 FourierMoE evaluates ΔW x on activations: one FFT of x shared by all experts, then per expert a
 sparse (half-spectrum × d_in) matrix of its n coefficients times the spectra of the tokens routed
-to it, summed under the gates, and one inverse real FFT, so its time and memory grow linearly
-with T and it never holds a d_out × d_in matrix. PEFT FourierFT scatters its n real coefficients into a dense
-spectrum, runs a 2-D inverse FFT to a dense ΔW (independent of T) and then multiplies x by ΔW like
-a second base weight (forward, grad-input and grad-ΔW: three T·d_in·d_out matmuls, linear in T
-with the base's slope). Both apply the same number of real coefficients to each token: FourierFT
-n_frequency = 2·k·n, FourierMoE E=8 k=2 with n complex coefficients per expert (the matched row
-of the main table). Overheads are fwd+bwd minus the base, paired per round."""
+to it, summed under the gates, and one inverse real FFT, so its time and memory grow linearly with
+T and it never holds a d_out × d_in matrix. PEFT FourierFT scatters its n real coefficients into a
+dense spectrum, runs a 2-D inverse FFT to a dense ΔW (independent of T) and then multiplies x by
+ΔW like a second base weight (forward, grad-input and grad-ΔW: three T·d_in·d_out matmuls, linear
+in T with the base's slope). Both apply the same number of real coefficients to each token:
+FourierFT n_frequency = 2·k·n, FourierMoE E=8 k=2 with n complex coefficients per expert (the
+matched row of the main table). Overheads are fwd+bwd minus the base, paired per round."""
+
+
+def _load_note(run: dict) -> str:
+    """A 1-minute load above ~1.2 on this single-threaded run means other jobs shared the box."""
+    busiest = max(run["load_start"][0], run["load_end"][0])
+    if busiest > 1.2:
+        return (
+            "Other jobs shared the machine during this run, so absolute times are inflated and "
+            "noisy; rerun the command at a quiet moment for clean figures."
+        )
+    return "No other heavy job ran (1-minute load about 1, this benchmark's own thread)."
 
 
 def main_table(
@@ -184,9 +195,7 @@ def report(run: dict, sections: list[str], verdicts: list[str], gap: str) -> str
         "",
         *[f"- {k}: {v}" for k, v in info.items()],
         f"- load average (1, 5, 15 min) at start: {load(run['load_start'])}; at end: "
-        f"{load(run['load_end'])}. The machine was shared with other jobs during this run, so "
-        "absolute times are inflated and noisy; rerun the command at a quiet moment for clean "
-        "figures.",
+        f"{load(run['load_end'])}. {_load_note(run)}",
         f"- code: git {git_state(run['root'])} (the package is imported once, at the start)",
         "",
         "## What is measured",

@@ -52,3 +52,14 @@ def test_missing_recipe_and_bad_override_are_errors_not_tracebacks(capsys):
     assert "offline" in capsys.readouterr().err
     assert main(["train", "quickstart", "--set", "adapters.frame.top_k"]) == 2
     assert "key=value" in capsys.readouterr().err
+
+
+def test_every_builtin_recipe_validates():
+    from frame_peft.recipes import builtin_recipes, load_recipe
+
+    for name in builtin_recipes():
+        recipe = load_recipe(name)
+        assert recipe.name == name
+        for method in recipe.compare:
+            if method != "base":
+                recipe.adapter_kwargs(method, validate=True)

@@ -15,13 +15,13 @@ treated as missing and redone by the next fetch. Nothing in this module download
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write_bytes, file_sha256
 from .registry import ASSETS, Asset
 
 __all__ = [
@@ -96,14 +96,6 @@ def wheel_path(asset: Asset, cache: Path | str | None = None) -> Path:
     return resolve_cache(cache) / "wheels" / asset.wheel
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_marker(name: str, cache: Path | str | None = None) -> dict[str, Any] | None:
     """The completion record of ``name``, or ``None`` if it is absent, unreadable, for another
     wheel (sha256 differs from the registry's) or its root folder is gone."""
@@ -122,12 +114,7 @@ def read_marker(name: str, cache: Path | str | None = None) -> dict[str, Any] | 
 
 def write_marker(folder: Path, record: dict[str, Any]) -> None:
     """Write ``folder/.complete.json`` atomically (temp file, fsync, rename)."""
-    tmp = folder / f"{MARKER}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / MARKER)
+    atomic_write_bytes(folder / MARKER, json.dumps(record, indent=1, sort_keys=True).encode())
 
 
 def missing_message(name: str, cache: Path | str | None = None) -> str:

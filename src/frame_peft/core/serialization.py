@@ -8,7 +8,6 @@ it keeps any change to the model: on error the base model is left as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -20,26 +19,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._files import atomic_write_bytes, file_sha256
 from .config import config_from_dict
 from .inject import inject, require_injection, unload
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -62,7 +47,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{WEIGHTS_NAME}.")
     os.close(fd)
     save_file(tensors, tmp, metadata={"format": "pt", "method": inj.config.method})
-    digest = _sha256(Path(tmp))
+    digest = file_sha256(Path(tmp))
     os.replace(tmp, out / WEIGHTS_NAME)
     meta = {
         **inj.config.to_dict(),
@@ -74,7 +59,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
             },
         },
     }
-    _atomic_write_bytes(out / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
     return out
 
 
@@ -90,7 +75,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_path} is not valid JSON ({err}); the file is damaged") from err
     expected = meta.get("frame_peft", {}).get("weights_sha256")
-    if expected is not None and _sha256(w_path) != expected:
+    if expected is not None and file_sha256(w_path) != expected:
         raise ValueError(
             f"{w_path} does not match the sha256 recorded in {CONFIG_NAME}: the file was "
             "truncated or modified after saving. Re-save or re-download the adapter"

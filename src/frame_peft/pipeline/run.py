@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from .._files import atomic_write_bytes
 from ..recipes.schema import BASELINE, Recipe, load_recipe, recipe_from_dict
 from .data_prep import PreparedData, prepare_data
 from .model_prep import attach_adapter, build_model, load_trained
@@ -36,9 +37,7 @@ OFFLINE_NOTE = (
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
 def _write_recipe(recipe: Recipe, run_dir: Path) -> None:

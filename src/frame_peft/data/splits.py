@@ -149,19 +149,23 @@ def split_examples(
 
 
 def check_disjoint(train: Iterable[Example], evals: Iterable[Example]) -> None:
-    """Raise :class:`SplitLeakError` if train and eval share a ``(task, uid)`` or a prompt text."""
+    """Raise :class:`SplitLeakError` if train and eval share a ``(task, uid)`` or a prompt text.
+
+    Prompts are compared after stripping surrounding whitespace, across tasks (a generated math
+    problem must not repeat a held-out GSM8K question either).
+    """
     train = list(train)
     eval_keys = set()
     eval_prompts = set()
     for ex in evals:
         eval_keys.add((ex.task, ex.uid))
-        eval_prompts.add(ex.prompt)
+        eval_prompts.add(ex.prompt.strip())
     shared_uids = sorted(f"{ex.task}/{ex.uid}" for ex in train if (ex.task, ex.uid) in eval_keys)
     if shared_uids:
         raise SplitLeakError(
             f"{len(shared_uids)} examples are in both train and eval, e.g. {shared_uids[:5]}"
         )
-    shared_prompts = [ex for ex in train if ex.prompt in eval_prompts]
+    shared_prompts = [ex for ex in train if ex.prompt.strip() in eval_prompts]
     if shared_prompts:
         first = shared_prompts[0]
         raise SplitLeakError(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data import Example, get_task, split_examples
+from ..data import Example, check_disjoint, get_task, split_examples
 from ..recipes.schema import TRAIN_ONLY_SOURCES, Recipe
 
 __all__ = ["PreparedData", "prepare_data"]
@@ -94,7 +94,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
             rest, held, record = split_examples(examples, eval_size=n_eval, seed=seed)
             train[task], held_out[task] = _draw(rest, n_train, seed, task), list(held)
             records.append(
-                {**_as_dict(record), "role": "train+eval", "train_used": len(train[task])}
+                {**record.to_dict(), "role": "train+eval", "train_used": len(train[task])}
             )
         elif n_eval is not None:
             held_out[task] = _draw(examples, n_eval, seed, task)
@@ -130,26 +130,8 @@ def prepare_data(recipe: Recipe) -> PreparedData:
                 "size": len(train[task]),
             }
         )
-    _check_no_leak(train, held_out)
+    check_disjoint(
+        [ex for exs in train.values() for ex in exs],
+        [ex for exs in held_out.values() for ex in exs],
+    )
     return PreparedData(train=train, eval=held_out, records=records)
-
-
-def _as_dict(record: Any) -> dict[str, Any]:
-    to_dict = getattr(record, "to_dict", None)
-    if callable(to_dict):
-        return to_dict()
-    import dataclasses
-
-    return dataclasses.asdict(record)
-
-
-def _check_no_leak(train: dict[str, list[Example]], held_out: dict[str, list[Example]]) -> None:
-    seen = {(ex.prompt.strip(), ex.target) for exs in held_out.values() for ex in exs}
-    eval_prompts = {p for p, _ in seen}
-    for task, exs in train.items():
-        for ex in exs:
-            if ex.prompt.strip() in eval_prompts:
-                raise ValueError(
-                    f"training example {task}/{ex.uid} has the same prompt as a held-out eval "
-                    "item; the split must keep train and eval disjoint"
-                )

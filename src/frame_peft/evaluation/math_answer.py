@@ -28,38 +28,13 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from ..data.tasks.math import last_boxed
+
 __all__ = ["extract_answer", "math_equal", "normalize_answer", "parse_number"]
 
 _NUMBER = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+(?:\.\d+)?)?"
 _LAST_NUMBER = re.compile(rf"(?<![\w.]){_NUMBER}")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*", re.IGNORECASE)
-
-
-def _braced(text: str, open_at: int) -> str | None:
-    """Contents of the ``{…}`` group whose ``{`` is at ``open_at`` (nesting respected)."""
-    depth = 0
-    for i in range(open_at, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i]
-    return None
-
-
-def _last_boxed(text: str) -> str | None:
-    at = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if at < 0:
-        return None
-    rest = text[at:]
-    brace = rest.find("{")
-    name_end = len("\\boxed") if rest.startswith("\\boxed") else len("\\fbox")
-    if brace == name_end:
-        return _braced(text, at + brace)
-    if rest[name_end : name_end + 1] == " ":  # "\boxed 5$"
-        return re.split(r"[\s$]", rest[name_end + 1 :], maxsplit=1)[0] or None
-    return None
 
 
 def extract_answer(text: str) -> str | None:
@@ -68,7 +43,7 @@ def extract_answer(text: str) -> str | None:
         answer = text[text.rindex("####") + 4 :].split("\n", 1)[0].strip()
         if answer:
             return answer
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return boxed.strip()
     matches = list(_ANSWER_IS.finditer(text))

@@ -70,21 +70,27 @@ def strip_calculator_notes(solution: str) -> str:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; else ``None``."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; else ``None``.
+
+    ``\\boxed 5`` (no braces) gives the token after the space, up to whitespace or ``$``. Used
+    both for MATH's gold answers and, in ``frame_peft.evaluation``, for model outputs.
+    """
+    at = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if at < 0:
         return None
-    open_at = text.find("{", start)
-    if open_at < 0:
+    name_end = at + (len("\\boxed") if text.startswith("\\boxed", at) else len("\\fbox"))
+    if text[name_end : name_end + 1] == "{":
+        depth = 0
+        for pos in range(name_end, len(text)):
+            if text[pos] == "{":
+                depth += 1
+            elif text[pos] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[name_end + 1 : pos]
         return None
-    depth = 0
-    for pos in range(open_at, len(text)):
-        if text[pos] == "{":
-            depth += 1
-        elif text[pos] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : pos]
+    if text[name_end : name_end + 1] == " ":  # "\\boxed 5$"
+        return re.split(r"[\s$]", text[name_end + 1 :], maxsplit=1)[0] or None
     return None
 
 

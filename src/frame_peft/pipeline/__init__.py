@@ -1,7 +1,7 @@
 """Recipe-driven runs: prepare data, build a model per method, train, evaluate, compare."""
 
 from .data_prep import PreparedData, prepare_data
-from .model_prep import attach_adapter, build_model, load_trained
+from .model_prep import attach_adapter, build_model, load_base, load_trained
 from .run import compare_recipe, evaluate_target, run_quickstart, train_recipe
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "build_model",
     "compare_recipe",
     "evaluate_target",
+    "load_base",
     "load_trained",
     "prepare_data",
     "run_quickstart",

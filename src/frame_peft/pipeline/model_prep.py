@@ -9,26 +9,29 @@ from torch import nn
 
 from ..recipes.schema import BASELINE, PEFT_METHODS, Recipe
 
-__all__ = ["attach_adapter", "build_model", "load_trained"]
+__all__ = ["attach_adapter", "build_model", "load_base", "load_trained"]
 
 
-def build_model(
-    recipe: Recipe, method: str, *, total_steps: int | None = None
-) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)``: the base model with a fresh ``method`` adapter injected.
-
-    ``total_steps`` is passed to AdaLoRA (its rank budget schedule needs it).
-    """
+def load_base(recipe: Recipe, *, for_training: bool = True) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` of ``recipe.model``; gradient checkpointing and 4-bit apply only
+    ``for_training`` (a trained adapter is evaluated on the plain base in ``model.dtype``)."""
     from ..training import load_base_model
 
     spec = recipe.model
-    model, tokenizer = load_base_model(
+    if not for_training:
+        return load_base_model(spec.name, dtype=spec.dtype)
+    return load_base_model(
         spec.name,
         dtype=spec.dtype,
         gradient_checkpointing=spec.gradient_checkpointing,
         load_in_4bit=spec.load_in_4bit,
     )
-    return attach_adapter(model, recipe, method, total_steps=total_steps), tokenizer
+
+
+def build_model(recipe: Recipe, method: str) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)``: the base model with a fresh ``method`` adapter (``base``: none)."""
+    model, tokenizer = load_base(recipe)
+    return attach_adapter(model, recipe, method), tokenizer
 
 
 def attach_adapter(
@@ -55,10 +58,7 @@ def attach_adapter(
 
 def load_trained(recipe: Recipe, method: str, adapter_dir: Path) -> tuple[nn.Module, Any]:
     """Rebuild a trained model: base model + the adapter saved in ``adapter_dir``."""
-    from ..training import load_base_model
-
-    spec = recipe.model
-    model, tokenizer = load_base_model(spec.name, dtype=spec.dtype)
+    model, tokenizer = load_base(recipe, for_training=False)
     if method == BASELINE:
         return model, tokenizer
     if method in PEFT_METHODS:

@@ -24,9 +24,10 @@ import torch
 
 from .. import __version__
 from .._files import atomic_write_bytes
+from ..peft_bridge import count_parameters
 from ..recipes.schema import BASELINE, Recipe, load_recipe, recipe_from_dict
 from .data_prep import PreparedData, prepare_data
-from .model_prep import attach_adapter, build_model, load_trained
+from .model_prep import attach_adapter, build_model, load_base, load_trained
 
 __all__ = ["compare_recipe", "evaluate_target", "run_quickstart", "train_recipe"]
 
@@ -44,16 +45,6 @@ def _write_recipe(recipe: Recipe, run_dir: Path) -> None:
     import yaml
 
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-
-
-def _count(model) -> dict[str, int]:
-    from ..peft_bridge import count_parameters
-
-    try:
-        return count_parameters(model)
-    except ValueError:  # the base model: no adapter
-        n = sum(p.numel() for p in model.parameters())
-        return {"total": n, "trainable": 0, "active_per_token": 0}
 
 
 def _evaluate(model, tokenizer, recipe: Recipe, data: PreparedData, method: str, meta: dict):
@@ -106,7 +97,7 @@ def train_recipe(
     the eval results (``None`` with ``evaluate_after=False`` or on other ranks).
     """
     from ..data import MultiTaskMixture, PadCollator, TaskVocabulary
-    from ..training import Trainer, load_base_model
+    from ..training import Trainer
 
     method = method or recipe.method
     if method == BASELINE:
@@ -119,13 +110,7 @@ def train_recipe(
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_recipe(recipe, run_dir)
         _write_json(run_dir / "data.json", {"records": data.records, "note": OFFLINE_NOTE})
-    spec = recipe.model
-    model, tokenizer = load_base_model(
-        spec.name,
-        dtype=spec.dtype,
-        gradient_checkpointing=spec.gradient_checkpointing,
-        load_in_4bit=spec.load_in_4bit,
-    )
+    model, tokenizer = load_base(recipe)
     vocab = TaskVocabulary(sorted({*data.train, *data.eval}))
     dataset = MultiTaskMixture(
         data.train,
@@ -142,7 +127,7 @@ def train_recipe(
     model = attach_adapter(model, recipe, method, total_steps=total_steps)
     config.pad_token_id = tokenizer.pad_token_id
     if rank == 0:
-        print(f"[{method}] {data.summary()}\n[{method}] parameters: {_count(model)}")
+        print(f"[{method}] {data.summary()}\n[{method}] parameters: {count_parameters(model)}")
     start = time.perf_counter()
     eval_fn = None
     if config.eval_every:  # periodic held-out eval, logged as eval/<task> in log.jsonl
@@ -169,7 +154,7 @@ def train_recipe(
         return None
     info = {
         "method": method,
-        "parameters": _count(model),
+        "parameters": count_parameters(model),
         "train_seconds": train_seconds,
         "world_size": world,
         "frame_peft_version": __version__,

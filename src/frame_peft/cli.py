@@ -18,13 +18,17 @@ _SET_HELP = (
 )
 
 
+def _set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
+    )
+
+
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "recipe", help="a built-in recipe name (see `frame-peft recipes`) or a YAML file"
     )
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
-    )
+    _set_arg(p)
     p.add_argument("--output-dir", help="run directory (default: runs/<recipe>/<method>)")
 
 
@@ -139,9 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or a recipe (then --method base evaluates the unadapted model).",
     )
     p.add_argument("target", help="run directory or recipe")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
-    )
+    _set_arg(p)
     p.add_argument("--method", default=None, help="with a recipe: base (default) or a method")
     p.add_argument("--output-dir", help="where eval.json/eval.md go (default: the run directory)")
     p.add_argument(
@@ -189,9 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "FRAME on held-out items and prints the table (about 10-15 min on 2 CPU "
         "cores).",
     )
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
-    )
+    _set_arg(p)
     p.add_argument("--output-dir", help="run directory (default: runs/quickstart)")
     p.set_defaults(func=_demo)
 

@@ -115,6 +115,9 @@ def test_cli_train_peft_baseline_and_errors(recipe_file, tmp_path, capsys):
     assert (out / "eval.json").is_file() and (out / "adapter").is_dir()
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert sum("eval/arc_easy" in row for row in logged) == 2  # periodic eval at steps 1 and 2
+    final = json.loads((out / "eval.json").read_text())  # the last periodic eval, reused
+    assert final["tasks"]["arc_easy"]["metrics"]["acc"] == logged[-1]["eval/arc_easy"]
+    assert final["metadata"]["train_seconds"] > 0
     assert main(["train", str(recipe_file), "--set", "train.bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "bogus" in err and "max_steps" in err

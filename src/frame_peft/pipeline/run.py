@@ -47,7 +47,9 @@ def _write_recipe(recipe: Recipe, run_dir: Path) -> None:
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
 
-def _evaluate(model, tokenizer, recipe: Recipe, data: PreparedData, method: str, meta: dict):
+def _evaluate(
+    model, tokenizer, recipe: Recipe, data: PreparedData, method: str, meta: dict, progress=True
+):
     from ..evaluation import evaluate
 
     spec = recipe.eval
@@ -55,6 +57,7 @@ def _evaluate(model, tokenizer, recipe: Recipe, data: PreparedData, method: str,
         model,
         tokenizer,
         data.eval,
+        progress=progress,
         batch_size=spec.batch_size,
         max_new_tokens=spec.max_new_tokens,
         code_timeout=spec.code_timeout,
@@ -129,20 +132,11 @@ def train_recipe(
     if rank == 0:
         print(f"[{method}] {data.summary()}\n[{method}] parameters: {count_parameters(model)}")
     start = time.perf_counter()
-    eval_fn = None
+    eval_fn, last_eval = None, {}
     if config.eval_every:  # periodic held-out eval, logged as eval/<task> in log.jsonl
 
         def eval_fn(m):
-            from ..evaluation import evaluate
-
-            res = evaluate(
-                m,
-                tokenizer,
-                data.eval,
-                batch_size=recipe.eval.batch_size,
-                max_new_tokens=recipe.eval.max_new_tokens,
-                progress=False,
-            )
+            res = last_eval["results"] = _evaluate(m, tokenizer, recipe, data, method, {}, False)
             return {**res.primary(), "overall": res.overall or 0.0}
 
     trainer = Trainer(
@@ -166,7 +160,10 @@ def train_recipe(
         return None
     if world > 1:
         model, tokenizer = load_trained(recipe, method, Path(result.adapter_path))
-    results = _evaluate(model, tokenizer, recipe, data, method, {"train_seconds": train_seconds})
+        results = _evaluate(model, tokenizer, recipe, data, method, {})
+    else:  # the Trainer's periodic eval also runs after the last step: reuse it
+        results = last_eval.get("results") or _evaluate(model, tokenizer, recipe, data, method, {})
+    results.metadata["train_seconds"] = train_seconds
     _save_eval(results, run_dir, method)
     return results
 

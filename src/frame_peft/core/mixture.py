@@ -94,6 +94,7 @@ class LowRankMixture(Adapter):
         self.state.record_losses(
             self.name, self.aux_losses(routing, mask), mask, len(routing.probs)
         )
+        self.state.observe(self.name, routing, lead)
         return routing
 
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:

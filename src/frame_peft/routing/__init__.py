@@ -1,6 +1,6 @@
 """The routing core shared by every mixture adapter: router, losses, per-forward context."""
 
-from .context import AuxTerm, RoutingState, routing_context
+from .context import AuxTerm, RoutingObserver, RoutingState, routing_context
 from .losses import (
     balance_and_z_losses,
     grouped_switch_loss,
@@ -14,6 +14,7 @@ __all__ = [
     "AuxTerm",
     "Router",
     "Routing",
+    "RoutingObserver",
     "RoutingState",
     "balance_and_z_losses",
     "grouped_switch_loss",

@@ -5,16 +5,28 @@ that model the hook opens a fresh :class:`ForwardRecord` and fills in the token 
 call's own ``attention_mask`` (or from :func:`routing_context`, which overrides it). Each mixture
 layer returns its losses explicitly to :meth:`RoutingState.record`; :func:`frame_peft.aux_loss`
 reads the record of the latest forward. Nothing needs clearing by hand.
+
+Analysis tools watch routing through :meth:`RoutingState.add_observer`: every mixture layer hands
+each forward's :class:`~frame_peft.routing.Routing` to :meth:`RoutingState.observe`, which is free
+when nobody is watching.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .router import Routing
+
+#: ``observer(module_name, routing, token_mask, token_task_ids)``; masks and task ids are (T,)
+#: tensors aligned with ``routing.probs`` rows, or None.
+RoutingObserver = Callable[[str, "Routing", torch.Tensor | None, torch.Tensor | None], None]
 
 _OVERRIDE: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
     "frame_peft_routing_override", default=None
@@ -62,6 +74,27 @@ class RoutingState:
 
     def __init__(self) -> None:
         self.current = ForwardRecord()
+        self.observers: list[RoutingObserver] = []
+
+    def add_observer(self, observer: RoutingObserver) -> Callable[[], None]:
+        """Call ``observer`` on every routing decision from now on; returns its remover."""
+        self.observers.append(observer)
+        return lambda: self.observers.remove(observer)
+
+    def token_task_ids(self, lead_shape: torch.Size) -> torch.Tensor | None:
+        """The (T,) task id of each token of a (B, S) layer input, from the (B,) task ids."""
+        ids = self.current.task_ids
+        if ids is None or len(lead_shape) != 2 or ids.reshape(-1).shape[0] != lead_shape[0]:
+            return None
+        return ids.reshape(-1, 1).expand(*lead_shape).reshape(-1)
+
+    def observe(self, module: str, routing: Routing, lead_shape: torch.Size) -> None:
+        """Hand ``module``'s routing of an input with leading shape ``lead_shape`` to observers."""
+        if not self.observers:
+            return
+        mask, task_ids = self.token_mask(lead_shape), self.token_task_ids(lead_shape)
+        for observer in list(self.observers):
+            observer(module, routing, mask, task_ids)
 
     def begin_forward(self, attention_mask: torch.Tensor | None) -> None:
         override = _OVERRIDE.get()

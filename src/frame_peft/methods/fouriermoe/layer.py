@@ -236,6 +236,7 @@ class FourierMoEAdapter(Adapter):
         balance = None if self.aux_kind == "none" else switch_loss
         losses = balance_and_z_losses(routing, mask, self.aux_coef, self.z_coef, balance)
         self.state.record_losses(self.name, losses, mask, len(routing.probs))
+        self.state.observe(self.name, routing, lead)
         return routing
 
     # Spectral experts ------------------------------------------------------------------------

@@ -218,6 +218,7 @@ class HMoRAAdapter(Adapter):
         if self.aux_coef > 0:
             loss, _ = entropy_loss(w, mask)
             self.state.record_losses(self.name, {"entropy": self.aux_coef * loss}, mask, len(w))
+        self.state.observe(self.name, routing, lead)
         return routing
 
     # Update ----------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class HydraLoRAAdapter(Adapter):
         self.state.record_losses(
             self.name, self.aux_losses(routing, mask), mask, len(routing.probs)
         )
+        self.state.observe(self.name, routing, route_x.shape[:-1])
         return routing
 
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:

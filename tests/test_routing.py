@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import frame_peft as fp
-from _adapters import perturb
-from _models import MODELS, TARGETS, VOCAB
+from _adapters import CONFIGS, perturb
+from _models import MODELS, TARGETS, VOCAB, tiny_llama
 from frame_peft.routing import (
     Routing,
     RoutingState,
@@ -164,3 +164,28 @@ def test_generate_works_with_mixtures():
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, pad_token_id=0
     )
     assert out.shape == (2, 8)
+
+
+@pytest.mark.parametrize("method", ["moe-lora", "frame", "hydralora", "fouriermoe", "hmora"])
+def test_observers_see_every_routing_decision_with_mask_and_task_ids(method):
+    """Each mixture layer hands its routing, the (T,) mask and the (T,) task ids to observers;
+    the remover detaches the observer, and watching never changes the output."""
+    model = fp.inject(tiny_llama(), CONFIGS[method](TARGETS["llama"]))
+    state = fp.core.inject.require_injection(model).state
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    seen = []
+    remove = state.add_observer(lambda *args: seen.append(args))
+    with fp.routing_context(task_ids=torch.tensor([3, 1])):
+        watched = model(input_ids=ids, attention_mask=mask).logits
+    assert {name for name, *_ in seen} == set(fp.adapted_layers(model))
+    for _, routing, token_mask, task_ids in seen:
+        assert routing.probs.shape[0] == 10
+        assert token_mask.tolist() == mask.reshape(-1).tolist()
+        assert task_ids.tolist() == [3] * 5 + [1] * 5
+    remove()
+    count = len(seen)
+    with fp.routing_context(task_ids=torch.tensor([3, 1])):
+        plain = model(input_ids=ids, attention_mask=mask).logits
+    assert len(seen) == count and not state.observers
+    torch.testing.assert_close(watched, plain, rtol=0, atol=0)

@@ -12,6 +12,8 @@ each row) and ``B̃_e = T_{a_e}^H B_e`` (the r columns of B). Then
 ``ΔW_e x = Re(B̃_e) Re(Ã_e) x − Im(B̃_e) Im(Ã_e) x``: a real expert of rank 2r,
 ``A'_e = [Re Ã_e; Im Ã_e]`` (2r, d_in), ``B'_e = [Re B̃_e, −Im B̃_e]`` (d_out, 2r), run by the
 shared mixture kernel. The transforms cost O(E·r·d log d) per forward, independent of T.
+With gradients off (evaluation, generation) the transformed factors are cached and reused until a
+parameter changes, so decoding one token at a time does not redo them at every step.
 
 At a = 0, T = I and the expert is a LoRA; with all orders fixed at 0 the transforms are skipped and
 FRAME is MoE-LoRA exactly. Orders are ``a_e = sigmoid(θ_e)`` (``order_logits``, float32 always).
@@ -59,6 +61,7 @@ class FrameAdapter(LowRankMixture):
         # Static (config-time) shortcut: all-zero fixed orders mean T = I exactly.
         self.identity_orders = not self.learned and bool((orders == 0).all())
         self.num_groups = settings["num_order_groups"] or max(1, self.num_experts // 2)
+        self._factor_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def orders(self) -> torch.Tensor:
         """Current orders (E,), float32."""
@@ -67,6 +70,20 @@ class FrameAdapter(LowRankMixture):
     def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.identity_orders:
             return self.A, self.B
+        if torch.is_grad_enabled():
+            self._factor_cache = None
+            return self._transformed_factors()
+        # Inference: reuse the factors while A, B and the orders are the same tensors, unchanged
+        # (an optimizer step, load_state_dict or .to() changes the version, pointer or device).
+        key = tuple(
+            (t.data_ptr(), t._version, t.device, t.dtype)
+            for t in (self.A, self.B, self.order_logits if self.learned else self.fixed_orders)
+        )
+        if self._factor_cache is None or self._factor_cache[0] != key:
+            self._factor_cache = (key, self._transformed_factors())
+        return self._factor_cache[1]
+
+    def _transformed_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.orders()
         a_t = self._forward_t(self.A, a, dim=-1)  # (E, r, d_in): rows of A times T_a
         b_t = self._adjoint_t(self.B, a, dim=-2)  # (E, d_out, r): T_a^H on the columns of B

@@ -42,19 +42,22 @@ def heatmap(
     vmax: float | None = None,
     cmap: str = "viridis",
     annotate: bool | None = None,
+    colorbar: bool = True,
 ) -> Any:
     """Draw ``matrix`` (rows × columns) on ``ax`` with a colour bar; returns the image.
 
     ``annotate`` writes each value in its cell (default: only when there are at most 12×12 cells).
-    Missing values (None/NaN) are left blank.
+    Missing values (None/NaN) are left blank. ``colorbar=False`` leaves the colour bar to the
+    caller (one shared bar for a grid of panels: ``fig.colorbar(image, ax=axes)``).
     """
     import numpy as np
 
     data = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix])
     image = ax.imshow(data, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    cbar = ax.figure.colorbar(image, ax=ax)
-    if cbar_label:
-        cbar.set_label(cbar_label)
+    if colorbar:
+        cbar = ax.figure.colorbar(image, ax=ax)
+        if cbar_label:
+            cbar.set_label(cbar_label)
     rows, cols = data.shape
     if xlabels is not None:
         step = max(1, cols // 16)
@@ -84,7 +87,8 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     """Save ``fig`` as PNG at :data:`DPI` (parents created), close it, and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # figures made with layout="constrained" keep it
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI, format="png")
     pyplot().close(fig)
     return path

@@ -284,7 +284,8 @@ class Trainer:
         n_labels = max(n_labels, 1.0)
         hf_config = getattr(unwrap(model), "config", None)
         no_cache = {"use_cache": False} if hasattr(hf_config, "use_cache") else {}
-        ce_sum = aux_sum = 0.0
+        # (ce, aux) summed on the device: one host sync per step, not one per micro-batch
+        sums = torch.zeros(2, dtype=torch.float64, device=env.device)
         for i, batch in enumerate(micro):
             batch = {k: v.to(env.device) for k, v in batch.items()}
             inputs = {k: v for k, v in batch.items() if k not in ("labels", "task_ids")}
@@ -303,8 +304,7 @@ class Trainer:
                 # DDP/FSDP average gradients over ranks, hence the world-size factor.
                 loss = ce * (env.world_size / n_labels) + aux / accum
                 (self._scaler.scale(loss) if self._scaler else loss).backward()
-            ce_sum += float(ce.detach())
-            aux_sum += float(aux.detach())
+            sums += torch.stack([ce.detach().double(), aux.detach().double()])
         lrs = self._lrs()
         if self._scaler is not None:
             self._scaler.step(opt)
@@ -317,7 +317,7 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         pos.step, pos.step_in_epoch = pos.step + 1, pos.step_in_epoch + 1
         pos.tokens_seen += int(n_tokens)
-        ce_all, aux_all = env.all_reduce_sum(torch.tensor([ce_sum, aux_sum])).tolist()
+        ce_all, aux_all = env.all_reduce_sum(sums).tolist()
         norms = opt.last_grad_norms
         return {
             "loss": ce_all / n_labels, "aux_loss": aux_all / (accum * env.world_size), **lrs,

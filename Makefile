@@ -6,7 +6,7 @@ TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: venv assets demo test test-slow lint format bench clean
+.PHONY: venv assets browser demo test test-slow lint format bench clean
 
 venv: $(STAMP)
 
@@ -34,7 +34,12 @@ format: venv
 assets: venv
 	$(BIN)/frame-peft assets fetch
 
-test: lint assets
+# The analysis report test opens the HTML in headless Chromium; this installs Debian's chromium
+# when no browser is on PATH (never fails: the test then skips, saying why).
+browser:
+	bash scripts/ensure_chromium.sh
+
+test: lint assets browser
 	$(BIN)/python -m pytest -q
 
 test-slow: venv assets

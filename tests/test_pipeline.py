@@ -7,22 +7,11 @@ import json
 import pytest
 import yaml
 
+from _runs import arc_rows
 from _tokenizer import char_tokenizer, tiny_text_llama
 from frame_peft.cli import main
 from frame_peft.pipeline import compare_recipe, evaluate_target, prepare_data
 from frame_peft.recipes import load_recipe
-
-
-def _arc_rows(n: int) -> list[dict]:
-    return [
-        {
-            "id": f"Q{i}",
-            "question": f"What is {i} plus one?",
-            "choices": {"text": [str(i + 1), str(i + 7), str(i + 3)], "label": ["A", "B", "C"]},
-            "answerKey": "A",
-        }
-        for i in range(n)
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +21,7 @@ def recipe_file(tmp_path_factory):
     tiny_text_llama().save_pretrained(model_dir)
     char_tokenizer().save_pretrained(model_dir)
     data = root / "arc.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in _arc_rows(24)) + "\n")
+    data.write_text("\n".join(json.dumps(r) for r in arc_rows(24)) + "\n")
     recipe = {
         "name": "tiny",
         "model": {"name": str(model_dir), "dtype": "float32"},

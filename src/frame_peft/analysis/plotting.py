@@ -72,12 +72,12 @@ def heatmap(
     if annotate is None:
         annotate = rows <= 12 and cols <= 12
     if annotate:
-        finite = data[np.isfinite(data)]
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
         for i in range(rows):
             for j in range(cols):
                 if np.isfinite(data[i, j]):
-                    colour = "black" if data[i, j] > mid else "white"
+                    # dark text on light cells, whatever the colour map (diverging ones included)
+                    r, g, b, _ = image.cmap(image.norm(data[i, j]))
+                    colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
                     ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color=colour)  # fmt: skip
     return image

@@ -48,6 +48,9 @@ test-slow: venv assets
 bench: venv
 	$(BIN)/python benchmarks/bench_transforms.py
 	$(BIN)/python benchmarks/bench_layers.py
+	$(BIN)/python benchmarks/bench_e2e.py
+	$(BIN)/python benchmarks/bench_scaling.py
+	$(BIN)/python benchmarks/bench_decode.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
-"""Small helpers shared by the layer benchmark: machine info, robust statistics, Linux memory."""
+"""Helpers shared by the benchmarks: machine info, robust statistics, Linux memory, argparse."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -94,3 +95,26 @@ def address_space_cap(extra_mb: float) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def int_list(text: str) -> list[int]:
+    """``"1024,4096"`` -> ``[1024, 4096]`` (argparse type; empty string: no values)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        msg = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from err
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
+    return values
+
+
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """``"4096x11008,512x1376"`` -> ``[(4096, 11008), (512, 1376)]`` (d_in x d_out)."""
+    shapes = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(f"shapes are D_INxD_OUT, got {item!r}")
+        shapes.append((int(parts[0]), int(parts[1])))
+    return shapes

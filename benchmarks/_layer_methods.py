@@ -9,6 +9,9 @@ PEFT's trainable count for PEFT models), are as close as possible to the target:
 at the FRAME default E = 8, k = 2, r = 4, i.e. ``2·r·(d_in + d_out)`` expert parameters plus the
 ``E·d_in`` router, ``k·r·(d_in + d_out) + E·d_in``.
 
+One row is deliberately not matched: ``peft_lora_rank``, PEFT LoRA at MoE-LoRA's active rank
+k·r = 8, the reference of the "FRAME <= 1.25x PEFT LoRA at equal active rank" target.
+
 Counts are taken on the meta device (the way :mod:`frame_peft.accounting` does), so matching needs
 no weights; the benchmark then builds the matched methods for real and reports their real counts.
 """
@@ -161,6 +164,12 @@ METHODS: dict[str, Method] = {
             structure=f"E={EXPERTS} top_k={TOP_K} task_dim={HMORA_TASK_DIM}",
         ),
         Method("peft_lora", "PEFT LoRA", _peft_rank("lora"), knob="r"),
+        Method(
+            "peft_lora_rank",
+            "PEFT LoRA (equal rank)",
+            lambda v: _peft_rank("lora")(TOP_K * RANK),
+            structure=f"r = k·r = {TOP_K * RANK}: MoE-LoRA's active rank (not budget-matched)",
+        ),
         Method("peft_dora", "PEFT DoRA", _peft_rank("dora"), knob="r"),
         Method(
             "peft_fourierft",

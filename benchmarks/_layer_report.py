@@ -1,14 +1,18 @@
-"""Markdown for ``bench_layers.py``: matched-budget tables, FRAME target, FourierMoE gap."""
+"""Markdown for ``bench_layers.py``: per-cell tables, summary grid, targets, FourierMoE gap."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 from _common import machine_info, quartiles
 from _layer_methods import METHODS
 
-TARGET = 1.10  # FRAME (chirp) / MoE-LoRA, whole layer, fwd+bwd
+# Targets of issue 7 on fwd+bwd time (ratios of medians)
+FRAME_VS_MOE = 1.10  # FRAME (chirp) / MoE-LoRA
+FRAME_VS_PEFT_LORA = 1.25  # FRAME (chirp) / PEFT LoRA at equal active rank k·r
+LORA_VS_PEFT = 0.05  # |our LoRA / PEFT LoRA − 1|, same rank
 
 MEASURED = """\
 - One training step of a single layer: `y = model(x)`, `loss = mean(y²)` (`+ fp.aux_loss(model)`
@@ -35,7 +39,9 @@ MEASURED = """\
   k·r·(d_in+d_out) plus its routers, task encoder and β, with top_k = 2 and task_dim = 8 (with
   the default task_dim = 32 the task encoder alone, 32·d_in, exceeds the whole budget, and dense
   HMoRA would need rank < 1); PEFT DoRA r·(d_in+d_out) + d_out (magnitude); PEFT FourierFT
-  n_frequency real coefficients.
+  n_frequency real coefficients. *PEFT LoRA (equal rank)* is the one unmatched row: r = k·r = 8,
+  MoE-LoRA's active rank, the reference of the equal-rank target.
+- Ratios (× MoE-LoRA, × base) are ratios of medians, of fwd+bwd, fwd and step peak memory.
 - *step peak*: extra memory of one step (RSS high-water mark minus RSS before the step, MiB) of
   the method built alone in a fresh process (see `bench_layers.py`): activations saved for
   backward, gradients, and for PEFT DoRA / FourierFT the dense d_out × d_in matrices they build
@@ -68,50 +74,151 @@ def _load_note(run: dict) -> str:
     return "No other heavy job ran (1-minute load about 1, this benchmark's own thread)."
 
 
+def ms(v: float) -> str:
+    """Milliseconds with three significant digits below 100 (quick cells), integers above."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.3f}" if a is not None and b else "—"
+
+
 def main_table(
     knobs: dict, counts: dict, times: dict, mem: dict, target: int, skipped: dict[str, str]
 ) -> str:
-    """One row per method of ``counts`` (timed ones from ``times``; ``skipped``: method -> why)."""
+    """One row per method of ``counts`` (timed ones from ``times``; ``skipped``: method -> why).
+
+    Ratios are of medians (fwd+bwd and fwd) and of step peaks, to MoE-LoRA and to the base.
+    """
     base = times["base"]["step"]
-    moe = quartiles(times["moe_lora"]["step"])[1]
+    med = {m: (quartiles(t["fwd"])[1], quartiles(t["step"])[1]) for m, t in times.items()}
+    moe, bas = med.get("moe_lora", (None, None)), med["base"]
     rows = [
         "| method | config | trainable | active / token | vs target | fwd ms | fwd+bwd ms "
-        "[IQR] | overhead vs base ms (paired) | ratio to MoE-LoRA (fwd+bwd) | step peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "[IQR] | overhead vs base ms (paired) | fwd+bwd × MoE-LoRA | fwd+bwd × base | fwd × base "
+        "| step peak MiB | peak × MoE-LoRA | peak × base |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, c in counts.items():
         miss = "—" if m == "base" else f"{100 * (c['active_per_token'] - target) / target:+.2f} %"
-        peak = f"{mem[m]:.0f}" if mem.get(m) is not None else "—"
+        p = mem.get(m)
+        peak = "— | — | —"
+        if p is not None:
+            peak = f"{p:.0f} | {_ratio(p, mem.get('moe_lora'))} | {_ratio(p, mem.get('base'))}"
         head = (
             f"| {METHODS[m].label} | {METHODS[m].describe(knobs.get(m))} | {c['trainable']:,} "
             f"| {c['active_per_token']:,} | {miss} "
         )
-        if m in skipped:
-            rows.append(head + f"| — | not timed: {skipped[m]} | — | — | {peak} |")
+        if m in skipped or m not in times:
+            why = skipped.get(m, "not run")
+            rows.append(head + f"| — | not timed: {why} | — | — | — | — | {peak} |")
             continue
-        t = times[m]
-        q1, md, q3 = quartiles(t["step"])
+        q1, md, q3 = quartiles(times[m]["step"])
         over = "—"
         if m != "base":
-            d = quartiles([a - b for a, b in zip(t["step"], base, strict=True)])
+            d = quartiles([a - b for a, b in zip(times[m]["step"], base, strict=True)])
             over = f"{d[1]:+.0f} [{d[0]:+.0f}, {d[2]:+.0f}]"
         rows.append(
-            head + f"| {quartiles(t['fwd'])[1]:.0f} | {md:.0f} [{q1:.0f}, {q3:.0f}] | {over} "
-            f"| {md / moe:.3f} | {peak} |"
+            head + f"| {ms(med[m][0])} | {ms(md)} [{ms(q1)}, {ms(q3)}] | {over} "
+            f"| {_ratio(md, moe[1])} | {_ratio(md, bas[1])} | {_ratio(med[m][0], bas[0])} "
+            f"| {peak} |"
         )
     return "\n".join(rows)
 
 
-def verdict(times: dict, shape: str) -> str:
-    chirp, moe = times["frame_chirp"]["step"], times["moe_lora"]["step"]
-    ratio = quartiles(chirp)[1] / quartiles(moe)[1]
-    p = quartiles([a / b for a, b in zip(chirp, moe, strict=True)])
-    ok = "PASS" if ratio <= TARGET else "FAIL"
-    return (
-        f"**{ok}** ({shape}): FRAME(chirp)/MoE-LoRA fwd+bwd = {ratio:.3f} (ratio of medians; "
-        f"per-round paired ratio median {p[1]:.3f}, IQR [{p[0]:.3f}, {p[2]:.3f}]; fastest rounds "
-        f"{min(chirp) / min(moe):.3f}), target <= {TARGET:.2f}."
-    )
+def cell_table(cell: dict) -> str:
+    """:func:`main_table` of one grid cell (keys: knobs, counts, times, memory, target, skipped)."""
+    return main_table(
+        cell["knobs"], cell["counts"], cell["times"], cell["memory"], cell["target"],
+        cell["skipped"],
+    )  # fmt: skip
+
+
+def summary_table(cells: list[dict]) -> str:
+    """Methods × cells: median fwd+bwd ms (× MoE-LoRA, × base); step peak MiB (× base)."""
+    heads = [f"{c['shape'][0]}×{c['shape'][1]}, T={c['tokens']}" for c in cells]
+    rows = [
+        "| method | " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * len(cells),
+    ]
+    names = [m for m in METHODS if any(m in c["counts"] for c in cells)]
+    for m in names:
+        out = []
+        for c in cells:
+            t = c["times"]
+            if m not in t or m in c["skipped"]:
+                out.append("—")
+                continue
+            md = quartiles(t[m]["step"])[1]
+            moe = quartiles(t["moe_lora"]["step"])[1] if "moe_lora" in t else None
+            text = f"{ms(md)} ms ({_ratio(md, moe)}, {_ratio(md, quartiles(t['base']['step'])[1])})"
+            p = c["memory"].get(m)
+            if p is not None:
+                text += f"; {p:.0f} MiB ({_ratio(p, c['memory'].get('base'))})"
+            out.append(text)
+        rows.append(f"| {METHODS[m].label} | " + " | ".join(out) + " |")
+    return "\n".join(rows)
+
+
+class Target(NamedTuple):
+    """One target checked in one cell: ``measured`` (ratio of medians) against ``threshold``."""
+
+    name: str
+    cell: str
+    measured: float
+    threshold: str
+    ok: bool
+    detail: str
+
+
+# (name, numerator, denominator, threshold text, test on the ratio of medians)
+TARGETS = [
+    ("FRAME (chirp) <= 1.10 × MoE-LoRA", "frame_chirp", "moe_lora", "<= 1.10",
+     lambda r: r <= FRAME_VS_MOE),
+    ("FRAME (chirp) <= 1.25 × PEFT LoRA at equal active rank (r = k·r)", "frame_chirp",
+     "peft_lora_rank", "<= 1.25", lambda r: r <= FRAME_VS_PEFT_LORA),
+    ("our LoRA within 5 % of PEFT LoRA (same r)", "lora", "peft_lora", "0.95 … 1.05",
+     lambda r: abs(r - 1) <= LORA_VS_PEFT),
+    ("FourierMoE faster than PEFT FourierFT (matched active parameters)", "fouriermoe",
+     "peft_fourierft", "< 1", lambda r: r < 1),
+]  # fmt: skip
+
+
+def targets(cells: list[dict]) -> list[Target]:
+    """Every target of :data:`TARGETS` in every cell where both of its methods were timed.
+
+    The measure is fwd+bwd time; ``measured`` is the ratio of medians, ``detail`` adds the
+    median and IQR of the per-round paired ratios and the ratio of the fastest rounds.
+    """
+    out = []
+    for c in cells:
+        t, skip = c["times"], c["skipped"]
+        where = f"{c['shape'][0]}×{c['shape'][1]}, T={c['tokens']}"
+        for name, num, den, thr, test in TARGETS:
+            if num not in t or den not in t or num in skip or den in skip:
+                continue
+            a, b = t[num]["step"], t[den]["step"]
+            ratio = quartiles(a)[1] / quartiles(b)[1]
+            p = quartiles([x / y for x, y in zip(a, b, strict=True)])
+            detail = (
+                f"paired ratio median {p[1]:.3f} [IQR {p[0]:.3f}, {p[2]:.3f}]; fastest rounds "
+                f"{min(a) / min(b):.3f}"
+            )
+            out.append(Target(name, where, ratio, thr, bool(test(ratio)), detail))
+    return out
+
+
+def targets_table(rows: list[Target]) -> str:
+    lines = [
+        "| target | cell | measured (ratio of medians, fwd+bwd) | threshold | verdict | detail |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for r in rows:
+        verdict = "**PASS**" if r.ok else "**FAIL**"
+        lines.append(
+            f"| {r.name} | {r.cell} | {r.measured:.3f} | {r.threshold} | {verdict} | {r.detail} |"
+        )
+    return "\n".join(lines)
 
 
 def gap_table(res: dict, knobs: dict, per_token: int, dw_times: list[float], shape) -> str:
@@ -171,14 +278,16 @@ def git_state(root: Path) -> str:
     return head + (" with uncommitted changes under src/ or benchmarks/" if dirty else "")
 
 
-def report(run: dict, sections: list[str], verdicts: list[str], gap: str) -> str:
-    """The whole results page. ``run``: command, root, tokens, seq_len, warmup, rounds (text),
-    load_start, load_end (``os.getloadavg()`` tuples), elapsed (s), gap_shape."""
+def report(run: dict, sections: list[str], summary: str, checks: list[Target], gap: str) -> str:
+    """The whole results page. ``run``: command, root, tokens, seq_len, warmup, rounds (text per
+    cell), rounds_rule, load_start, load_end (``os.getloadavg()`` tuples), elapsed (s),
+    gap_shape; ``summary``: :func:`summary_table`; ``checks``: :func:`targets`."""
     info = machine_info()
 
     def load(v: tuple[float, ...]) -> str:
         return ", ".join(f"{x:.2f}" for x in v)
 
+    passed = sum(c.ok for c in checks)
     lines = [
         "# Layer benchmark: one adapted Linear, every method at matched active parameters",
         "",
@@ -188,8 +297,9 @@ def report(run: dict, sections: list[str], verdicts: list[str], gap: str) -> str
         "",
         f"```\n{run['command']}\n```",
         "",
-        f"Total wall time {run['elapsed'] / 60:.1f} min; {run['tokens']} tokens; timed rounds "
-        f"per shape: {run['rounds']}, after {run['warmup']} warm-up step(s) per method.",
+        f"Total wall time {run['elapsed'] / 60:.1f} min; tokens per cell {run['tokens']}; "
+        f"{run['warmup']} warm-up step(s) per method and cell. Rounds are chosen by a time "
+        f"budget ({run['rounds_rule']}), so big cells get fewer rounds: {run['rounds']}.",
         "",
         "## Machine",
         "",
@@ -202,13 +312,20 @@ def report(run: dict, sections: list[str], verdicts: list[str], gap: str) -> str
         "",
         MEASURED.format(seq_len=run["seq_len"]),
         "",
-        "## Results",
+        "## Targets",
+        "",
+        f"{passed} of {len(checks)} checks pass. Each target is checked in every cell on the "
+        "fwd+bwd step time.",
+        "",
+        targets_table(checks),
+        "",
+        "## Summary: fwd+bwd median (× MoE-LoRA, × base); step peak (× base)",
+        "",
+        summary,
+        "",
+        "## Results per cell",
         "",
         *sections,
-        "## FRAME target",
-        "",
-        *[f"- {v}" for v in verdicts],
-        "",
     ]
     if gap:
         d_in, d_out = run["gap_shape"]

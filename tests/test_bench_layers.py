@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import random
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from _common import address_space_cap
+from _common import address_space_cap, int_list, shape_list
 from _layer_methods import (
     METHODS,
     build,
@@ -20,8 +22,8 @@ from _layer_methods import (
     meta_counts,
     target_budget,
 )
-from _layer_report import main_table
-from bench_layers import build_all, inputs, time_methods
+from _layer_report import main_table, targets
+from bench_layers import build_all, inputs, main, memory_worker, rounds_for, time_methods
 from frame_peft.peft_bridge import count_parameters
 
 
@@ -131,13 +133,89 @@ def test_main_table_ratios_mismatch_and_skipped_rows():
     }
     knobs = {"lora": 7, "fouriermoe": 12}
     skipped = {"fouriermoe": "one step needs more than the 8 GiB cap"}
-    rows = main_table(knobs, counts, times, {"lora": 12.0}, 100, skipped).splitlines()
+    mem = {"base": 6.0, "lora": 12.0, "moe_lora": 24.0}
+    rows = main_table(knobs, counts, times, mem, 100, skipped).splitlines()
     lora = next(r for r in rows if r.startswith("| LoRA |"))
     cells = [c.strip() for c in lora.strip("|").split("|")]
     assert cells[1] == "rank=7" and cells[4] == "+10.00 %"
-    assert cells[6].startswith("5 [") and cells[8] == f"{5 / 9:.3f}" and cells[9] == "12"
+    assert cells[6].startswith("5 [")
     assert cells[7].startswith("+2 [")  # paired differences to the base: 3, 2, 1
+    assert cells[8] == f"{5 / 9:.3f}" and cells[9] == f"{5 / 3:.3f}"  # × MoE-LoRA, × base
+    assert cells[10] == f"{2 / 1:.3f}"  # fwd × base
+    assert cells[11:] == ["12", "0.500", "2.000"]  # peak, × MoE-LoRA, × base
     moe = next(r for r in rows if r.startswith("| MoE-LoRA |"))
     assert "| 1.000 |" in moe
     fm = next(r for r in rows if r.startswith("| FourierMoE |"))
     assert "not timed: one step needs more than the 8 GiB cap" in fm and "num_coefficients=12" in fm
+
+
+def test_rounds_for_budget_and_bounds():
+    assert rounds_for(1000.0, 10.0, 3, 9) == 9  # 10 rounds fit, capped at 9
+    assert rounds_for(1000.0, 5.0, 3, 9) == 5
+    assert rounds_for(1000.0, 1.0, 3, 9) == 3  # a big cell gets the minimum
+    assert rounds_for(1000.0, None, 4, 9) == 4  # no budget: the minimum
+
+
+def test_grid_arguments_parse_and_reject():
+    assert int_list("1024, 4096") == [1024, 4096]
+    assert shape_list("4096x11008,8X16") == [(4096, 11008), (8, 16)]
+    for bad in ("a,b", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            int_list(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="D_INxD_OUT"):
+        shape_list("4096")
+
+
+def test_targets_pass_fail_and_missing_methods():
+    def t(*steps):
+        return {"fwd": list(steps), "step": list(steps)}
+
+    cell = {
+        "shape": (8, 8), "tokens": 16, "skipped": {"peft_fourierft": "over the cap"},
+        "times": {
+            "base": t(1, 1, 1), "moe_lora": t(10, 10, 10), "frame_chirp": t(10.5, 11, 10.8),
+            "peft_lora_rank": t(8, 8, 8), "lora": t(9, 9, 9), "peft_lora": t(10, 10, 10),
+            "fouriermoe": t(3, 3, 3), "peft_fourierft": t(9, 9, 9),
+        },
+    }  # fmt: skip
+    got = {r.name.split(" ")[0] + r.threshold: r for r in targets([cell])}
+    frame_moe = got["FRAME<= 1.10"]
+    assert frame_moe.ok and frame_moe.measured == pytest.approx(1.08)
+    assert not got["FRAME<= 1.25"].ok and got["FRAME<= 1.25"].measured == pytest.approx(1.35)
+    assert not got["our0.95 … 1.05"].ok  # 0.9: 10 % faster is outside ±5 % too
+    assert len(got) == 3  # FourierFT was over the cap: no FourierMoE check in this cell
+
+
+def test_memory_worker_reports_every_method_and_token_count():
+    job = {
+        "d_in": 16, "d_out": 24, "tokens": [32, 8], "seq_len": 8, "cap_mb": 4096,
+        "knobs": {"base": None, "lora": 4, "frame_chirp": None},
+    }  # fmt: skip
+    peaks = memory_worker(job)
+    assert set(peaks) == {"8", "32"}
+    for per_method in peaks.values():
+        assert set(per_method) == {"base", "lora", "frame_chirp"}
+        assert all(v is not None and v >= 0 for v in per_method.values())
+
+
+def test_grid_run_writes_page_and_json(tmp_path):
+    out = tmp_path / "layers.md"
+    main([
+        "--dims", "16", "--shapes", "16x24", "--tokens", "8,16", "--seq-len", "8",
+        "--repeats", "2", "--cell-budget-s", "0", "--gap-tokens", "8", "--no-memory",
+        "--methods", "lora", "frame_chirp", "fouriermoe", "peft_lora", "peft_lora_rank",
+        "peft_fourierft", "--out", str(out),
+    ])  # fmt: skip
+    text = out.read_text()
+    for heading in ("## Targets", "## Summary", "## Results per cell", "## FourierMoE vs PEFT"):
+        assert heading in text
+    assert "### 16 → 24, 16 tokens" in text and "16×16, T=8" in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [(c["shape"], c["tokens"]) for c in data["cells"]] == [
+        ([16, 16], 8),
+        ([16, 16], 16),
+        ([16, 24], 8),
+        ([16, 24], 16),
+    ]
+    assert len(data["targets"]) == 4 * 4  # four targets in each of the four cells
+    assert all(len(c["times"]["base"]["step"]) == 2 for c in data["cells"])

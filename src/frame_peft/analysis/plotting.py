@@ -1,8 +1,8 @@
 """Small matplotlib helpers shared by the analysis report and the experiments.
 
 Every figure is drawn off-screen (the ``Agg`` backend), with labelled axes, a colour bar on every
-heatmap, and saved as PNG at a fixed DPI. matplotlib is an optional dependency
-(``pip install frame-peft[analysis]``); :func:`pyplot` raises an error that says so.
+heatmap, and saved as PNG at a fixed DPI. matplotlib is a dependency of frame-peft; should it be
+missing from an environment, :func:`pyplot` raises an error that says how to install it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def pyplot() -> Any:
         import matplotlib
     except ImportError as err:
         raise ImportError(
-            "plots need matplotlib: pip install 'frame-peft[analysis]' (or pip install matplotlib)"
+            "plots need matplotlib, a frame-peft dependency missing here: pip install matplotlib"
         ) from err
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

@@ -277,5 +277,11 @@ def run_quickstart(overrides: Sequence[str] = (), output_dir: str | Path | None 
         assets.ensure(name)
     recipe = load_recipe("quickstart", overrides)
     table = compare_recipe(recipe, output_dir=output_dir)
+    frame_run = Path(output_dir or f"runs/{recipe.name}") / "frame"
+    if (frame_run / "run.json").is_file():  # what FRAME's experts learned: orders, routing, ...
+        from ..analysis.run import analyze_run
+
+        report = analyze_run([frame_run])
+        print(f"analysis of the FRAME run (orders, routing, decorrelation): {report}")
     print(f"quick start finished in {time.perf_counter() - start:.0f} s")
     return table

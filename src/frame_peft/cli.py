@@ -112,6 +112,7 @@ def _tour(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_analyze_parser
+    from .experiments.cli import add_experiment_parser
     from .recipes.schema import BASELINE, all_method_names
 
     methods = ", ".join([BASELINE, *all_method_names()])
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     add_analyze_parser(sub)
+    add_experiment_parser(sub)
 
     p = sub.add_parser("transforms-tour", help="what the fractional Fourier transforms do")
     p.add_argument("--n", type=int, default=256, help="signal length (even; default 256)")

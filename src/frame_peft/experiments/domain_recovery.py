@@ -1,0 +1,441 @@
+"""``domain-recovery``: do FRAME's experts find the fractional domain a task lives in?
+
+Set-up (:mod:`.synthetic`): a frozen random d × d layer, T tasks whose teacher update is rank r_t
+in the fractional domain of order a_t (default d = 64, a_t ∈ {0, 0.3, 0.6, 1}, r_t = 4, chirp
+teachers), each task with its own input mean so a router can tell the tasks apart.
+
+Three parts, all on the same tasks and seed:
+
+1. **Methods** (multi-task, union of the tasks): FRAME, MoE-LoRA (E = 8, k = 2, r = 2), LoRA
+   (r = k·r = 4) and FourierMoE (E = 8, k = 2, n = r·(d_in + d_out)/2 coefficients per expert).
+   Per task: relative error to the teacher on held-out inputs and the floor of the method's
+   per-token budget (Eckart–Young at spatial rank k·r for MoE-LoRA and LoRA; best k rings for
+   FourierMoE; for FRAME 0 when its orders equal the teacher's). r_t = k·r is chosen so that two
+   FRAME experts at the teacher's order can represent the teacher exactly while MoE-LoRA's
+   per-token spatial rank k·r is below the teacher's 2·r_t whenever a_t ≠ 0 (with r_t = r, two
+   spatial experts together would reach rank 2r and need no domain at all). For FRAME, per task:
+   the experts that serve it (mean renormalised gates), their orders before and after training,
+   the order error of the top expert and the gate-weighted order error of all serving experts.
+2. **FRAME variants** (the "order learning" investigation): order lr 1e-2 and 1e-1, orders
+   initialised near the teachers' (each pair of experts at a_t ± 1/d), all at 0.5, the exact
+   transform (teachers and student exact), orders frozen for the first quarter of training, and
+   the ORACLE (orders fixed at the teachers': what the parametrisation can do when the orders are
+   right; routing is still learned).
+3. **Order basin** (no routing): one FRAME expert (E = k = 1, rank r_t) trained on one task from
+   an initial order a_t ± δ (δ in units of 1/d, moved into (0, 1)); does its order converge to
+   a_t? This measures the width of the basin of the teacher's order directly.
+
+Tolerance: an order is "recovered" when |a − a_t| ≤ ``tolerance_units``/d (default 0.5/d). The
+transform's decorrelation width is about 4/d (METHODS §1; the ``coherence`` experiment measures
+it), and the error to the teacher of an expert 4/d off is already as large as at a random order
+(part 3), so the tolerance must be a fraction of 1/d; 0.5/d is half the smallest basin offset, so
+a run whose order does not move cannot count as recovered. For mixtures the criterion is the
+gate-weighted order error of the experts serving the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ._output import markdown_table, write_outputs
+from ._plots import plot_basin, plot_method_errors, plot_order_traces
+from .synthetic import (
+    METHODS,
+    Budget,
+    RunResult,
+    TaskSpec,
+    TrainConfig,
+    adapter_config,
+    build_tasks,
+    rank_floor,
+    spectral_floor,
+    task_router,
+    train_adapter,
+)
+
+NAME = "domain-recovery"
+
+#: FRAME variants: name -> one-line description.
+VARIANTS = {
+    "order-lr-1e-2": "order lr 1e-2 (default 1e-3)",
+    "order-lr-1e-1": "order lr 1e-1",
+    "init-near": "orders start at a_t ± 1/d (two experts per task)",
+    "init-mid": "all orders start at 0.5",
+    "exact": "exact FrFT for teachers and FRAME",
+    "warmup-fixed": "orders frozen for the first 25% of steps",
+    "oracle": "orders fixed at the teachers' (two experts per task), router learned",
+    "oracle-routed": "orders fixed at the teachers' and router fixed to the task means",
+}
+
+
+@dataclass
+class DomainRecoveryConfig:
+    """Sizes of the experiment. ``for_size("quick")`` is the reduced size the tests run.
+
+    Args:
+        tasks, budget, train: the task set, the matched budget and the training loop.
+        methods: methods of part 1 (subset of ``METHODS``).
+        variants: FRAME variants of part 2 (keys of ``VARIANTS``).
+        basin_offsets: initial offsets δ·d of part 3 (positive integers, units of 1/d).
+        basin_tasks: tasks of part 3 (indices; ``None``: all).
+        basin_steps: training steps of each part-3 run.
+        tolerance_units: recovery tolerance in units of 1/d (> 0).
+    """
+
+    tasks: TaskSpec = field(default_factory=TaskSpec)
+    budget: Budget = field(default_factory=Budget)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000))
+    methods: tuple[str, ...] = METHODS
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    basin_offsets: tuple[int, ...] = (1, 2, 4, 8)
+    basin_tasks: tuple[int, ...] | None = None
+    basin_steps: int = 1000
+    tolerance_units: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.methods, self.variants = tuple(self.methods), tuple(self.variants)
+        self.basin_offsets = tuple(self.basin_offsets)
+        if not self.methods or any(m not in METHODS for m in self.methods):
+            raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ValueError(f"variants {bad} unknown; choose from {list(VARIANTS)}")
+        if any(not isinstance(o, int) or o <= 0 for o in self.basin_offsets):
+            raise ValueError(f"basin_offsets must be positive integers, got {self.basin_offsets}")
+        if self.basin_tasks is not None:
+            self.basin_tasks = tuple(self.basin_tasks)
+            if any(not 0 <= t < len(self.tasks.task_orders) for t in self.basin_tasks):
+                raise ValueError(
+                    f"basin_tasks must index the {len(self.tasks.task_orders)} tasks, "
+                    f"got {self.basin_tasks}"
+                )
+        if self.basin_steps < 1:
+            raise ValueError(f"basin_steps must be >= 1, got {self.basin_steps}")
+        if not self.tolerance_units > 0:
+            raise ValueError(f"tolerance_units must be > 0, got {self.tolerance_units}")
+
+    @classmethod
+    def for_size(cls, size: str) -> DomainRecoveryConfig:
+        if size == "full":
+            return cls()
+        if size == "quick":
+            return cls(
+                tasks=TaskSpec(dim=16, eval_inputs=256),
+                train=TrainConfig(steps=100, batch_per_task=32, log_every=10),
+                variants=("oracle-routed",),
+                basin_offsets=(1, 8),
+                basin_tasks=(1, 2),
+                basin_steps=100,
+            )
+        raise ValueError(f"size must be 'full' or 'quick', got {size!r}")
+
+
+def expert_orders(task_orders: tuple[float, ...], num_experts: int, offset: float) -> list[float]:
+    """Expert e -> the order of task ``e·T // E`` plus ``offset`` with alternating sign, moved into
+    [0.01, 0.99] when ``offset`` is nonzero (learned orders must lie in (0, 1))."""
+    out = []
+    for e in range(num_experts):
+        a = task_orders[e * len(task_orders) // num_experts] + offset * (-1) ** e
+        out.append(min(max(a, 0.01), 0.99) if offset else a)
+    return out
+
+
+def _variant_run(name: str, cfg: DomainRecoveryConfig, seed: int) -> tuple[dict, RunResult]:
+    spec, train, frame = cfg.tasks, cfg.train, {}
+    d, e = spec.dim, cfg.budget.num_experts
+    if name.startswith("order-lr-"):
+        train = replace(train, order_lr=float(name.removeprefix("order-lr-")))
+    elif name == "init-near":
+        frame["init_orders"] = expert_orders(spec.task_orders, e, 1.0 / d)
+    elif name == "init-mid":
+        frame["init_orders"] = [0.5] * e
+    elif name == "exact":
+        spec, frame["transform"] = replace(spec, teacher_transform="exact"), "exact"
+    elif name == "warmup-fixed":
+        train = replace(train, order_freeze_steps=train.steps // 4)
+    elif name.startswith("oracle"):
+        frame.update(order_mode="fixed", init_orders=expert_orders(spec.task_orders, e, 0.0))
+    tasks = build_tasks(spec, seed)
+    config = adapter_config("frame", cfg.budget, **frame)
+    prepare = None
+    if name == "oracle-routed":
+        prepare = task_router(tasks, [i * tasks.num_tasks // e for i in range(e)])
+    run_ = train_adapter(tasks, config, train, list(range(tasks.num_tasks)), seed, prepare)
+    return frame, run_
+
+
+def order_report(run: RunResult, task_orders: tuple[float, ...], tol: float) -> list[dict]:
+    """Per task: serving experts, the top expert's order error and the gate-weighted order error
+    of all serving experts (before and after training, with the final gates)."""
+    rows = []
+    for t, gates in enumerate(run.gates):
+        a_t = task_orders[t]
+        top = max(range(len(gates)), key=gates.__getitem__)
+        served = sorted(range(len(gates)), key=lambda e: -gates[e])[:2]
+        weighted = sum(g * abs(a - a_t) for g, a in zip(gates, run.orders, strict=True))
+        weighted0 = sum(g * abs(a - a_t) for g, a in zip(gates, run.initial_orders, strict=True))
+        rows.append(
+            {
+                "task": t,
+                "teacher_order": a_t,
+                "served_experts": served,
+                "served_gates": [gates[e] for e in served],
+                "served_orders_initial": [run.initial_orders[e] for e in served],
+                "served_orders_final": [run.orders[e] for e in served],
+                "top_order_error": round(abs(run.orders[top] - a_t), 6),
+                "served_order_error": round(weighted, 6),
+                "served_order_error_initial": round(weighted0, 6),
+                "gate_weighted_order": round(
+                    sum(g * a for g, a in zip(gates, run.orders, strict=True)), 6
+                ),
+                "recovered": bool(weighted <= tol),
+            }
+        )
+    return rows
+
+
+def _basin(cfg: DomainRecoveryConfig, tasks, seed: int, tol: float) -> list[dict]:
+    d, rows = cfg.tasks.dim, []
+    train = replace(cfg.train, steps=cfg.basin_steps)
+    chosen = range(len(cfg.tasks.task_orders)) if cfg.basin_tasks is None else cfg.basin_tasks
+    for t in chosen:
+        a_t = cfg.tasks.task_orders[t]
+        for units in cfg.basin_offsets:
+            sign = 1.0 if a_t < 0.5 else -1.0
+            start = min(max(a_t + sign * units / d, 0.01), 0.99)
+            budget = Budget(1, 1, cfg.tasks.teacher_rank)
+            config = adapter_config("frame", budget, init_orders=[start])
+            run = train_adapter(tasks, config, train, [t], seed)
+            final = run.orders[0]
+            rows.append(
+                {
+                    "task": t,
+                    "teacher_order": a_t,
+                    "offset_units": units,
+                    "initial_order": round(start, 6),
+                    "final_order": final,
+                    "order_error": round(abs(final - a_t), 6),
+                    "error": run.errors[0],
+                    "recovered": bool(abs(final - a_t) <= tol),
+                }
+            )
+    return rows
+
+
+def run(
+    output_dir: Path, *, size: str = "full", seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """Run the experiment at ``size`` ("full" | "quick"), write outputs, return the results."""
+    import time
+
+    cfg = DomainRecoveryConfig.for_size(size)
+    start = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    tasks = build_tasks(cfg.tasks, seed)
+    tol = cfg.tolerance_units / cfg.tasks.dim
+    k_rank = cfg.budget.top_k * cfg.budget.expert_rank
+    all_tasks = list(range(tasks.num_tasks))
+    methods: dict[str, Any] = {}
+    runs: dict[str, RunResult] = {}
+    for method in cfg.methods:
+        run_ = train_adapter(tasks, adapter_config(method, cfg.budget), cfg.train, all_tasks, seed)
+        runs[method] = run_
+        floor = _floor(method, tasks, cfg.budget, k_rank)
+        methods[method] = {
+            "active_parameters": run_.active_parameters,
+            "errors": run_.errors,
+            "floor": floor,
+            "gates": run_.gates,
+        }
+        say(f"[{NAME}] {method}: active={run_.active_parameters} errors={run_.errors}")
+    results: dict[str, Any] = {
+        "experiment": NAME,
+        "size": size,
+        "seed": seed,
+        "config": asdict(cfg),
+        "tolerance": tol,
+        "floor_kinds": {
+            "frame": "0 at the teachers' orders (oracle parametrisation)",
+            "moe-lora": f"Eckart-Young, spatial rank {k_rank}",
+            "lora": f"Eckart-Young, spatial rank {k_rank}",
+            "fouriermoe": f"best {cfg.budget.top_k} rings, Frobenius norm (approximate)",
+        },
+        "methods": methods,
+    }
+    if "frame" in runs:
+        results["frame_orders"] = _orders_entry(runs["frame"], cfg, tol)
+    variants: dict[str, Any] = {}
+    for name in cfg.variants:
+        frame_kwargs, run_ = _variant_run(name, cfg, seed)
+        variants[name] = {
+            "description": VARIANTS[name],
+            "frame_options": frame_kwargs,
+            "errors": run_.errors,
+            **_orders_entry(run_, cfg, tol),
+        }
+        say(f"[{NAME}] variant {name}: errors={run_.errors} orders={run_.orders}")
+    results["variants"] = variants
+    results["basin"] = _basin(cfg, tasks, seed, tol)
+    recovered = [(r["task"], r["offset_units"]) for r in results["basin"] if r["recovered"]]
+    say(f"[{NAME}] basin: recovered (task, offset·d) = {recovered}")
+    elapsed = time.perf_counter() - start
+    plots = {
+        "errors": lambda plt: plot_method_errors(plt, results, cfg.tasks.task_orders),
+        "basin": lambda plt: plot_basin(plt, results["basin"], cfg.tasks.dim, tol),
+    }
+    traces = {f"FRAME {n}": v for n, v in variants.items() if n != "oracle"}
+    if "frame_orders" in results:
+        traces = {"FRAME (default)": results["frame_orders"], **traces}
+    if traces:
+        plots["orders"] = lambda plt: plot_order_traces(plt, traces, cfg.tasks.task_orders)
+    write_outputs(output_dir, results, _markdown(results, cfg, seed, elapsed), plots)
+    return results
+
+
+def _floor(method: str, tasks, budget: Budget, k_rank: int) -> list[float]:
+    if method in ("moe-lora", "lora"):
+        return [round(f, 6) for f in rank_floor(tasks, k_rank)]
+    if method == "fouriermoe":
+        return [
+            round(f, 6)
+            for f in spectral_floor(tasks, fouriermoe_positions(tasks, budget), budget.top_k)
+        ]
+    return [0.0] * tasks.num_tasks
+
+
+def fouriermoe_positions(tasks, budget: Budget):
+    """The (E, n, 2) frequency positions FourierMoE draws for the ``proj`` layer at ``budget``."""
+    import frame_peft as fp
+
+    from .synthetic import FrozenBase
+
+    model = fp.inject(FrozenBase(tasks.w0), adapter_config("fouriermoe", budget))
+    return fp.adapted_layers(model)["proj"].adapter.positions
+
+
+def _orders_entry(run_: RunResult, cfg: DomainRecoveryConfig, tol: float) -> dict[str, Any]:
+    per_task = order_report(run_, cfg.tasks.task_orders, tol)
+    return {
+        "initial_orders": run_.initial_orders,
+        "final_orders": run_.orders,
+        "gates": run_.gates,
+        "per_task": per_task,
+        "num_recovered": sum(r["recovered"] for r in per_task),
+        "mean_served_order_error": round(
+            sum(r["served_order_error"] for r in per_task) / len(per_task), 6
+        ),
+        "logged_steps": run_.logged_steps,
+        "order_history": run_.order_history,
+    }
+
+
+def _markdown(results: dict[str, Any], cfg: DomainRecoveryConfig, seed: int, elapsed: float) -> str:
+    orders = cfg.tasks.task_orders
+    task_cols = [f"a={a:g}" for a in orders]
+    rows = []
+    for method, entry in results["methods"].items():
+        cells = [f"{e:.3f} ({f:.3f})" for e, f in zip(entry["errors"], entry["floor"], strict=True)]
+        rows.append([method, entry["active_parameters"], *cells])
+    out = [
+        f"# {NAME} ({results['size']}, seed {seed})",
+        "",
+        f"d = {cfg.tasks.dim}, teacher rank {cfg.tasks.teacher_rank} in its own domain "
+        f"({cfg.tasks.teacher_transform}), {cfg.train.steps} steps x {cfg.train.batch_per_task} "
+        f"inputs per task. Runtime {elapsed:.0f} s.",
+        "",
+        "## Relative error to the teacher per task (floor of the method's budget in brackets)",
+        "",
+        markdown_table(["method", "active params", *task_cols], rows),
+    ]
+    sections = []
+    if "frame_orders" in results:
+        sections.append(("FRAME (default)", results["frame_orders"]))
+    sections += [(f"FRAME {n}", v) for n, v in results["variants"].items()]
+    if sections:
+        rows = []
+        for label, entry in sections:
+            for r in entry["per_task"]:
+                rows.append(
+                    [
+                        label,
+                        f"{r['teacher_order']:g}",
+                        ", ".join(str(e) for e in r["served_experts"]),
+                        ", ".join(f"{a:.3f}" for a in r["served_orders_initial"]),
+                        ", ".join(f"{a:.3f}" for a in r["served_orders_final"]),
+                        r["top_order_error"],
+                        r["served_order_error_initial"],
+                        r["served_order_error"],
+                        "yes" if r["recovered"] else "no",
+                    ]
+                )
+        out += [
+            "",
+            f"## FRAME orders per task (tolerance {results['tolerance']:.4f} = "
+            f"{cfg.tolerance_units:g}/d)",
+            "",
+            markdown_table(
+                [
+                    "run",
+                    "a_t",
+                    "top-2 experts",
+                    "their orders (init)",
+                    "(final)",
+                    "top err",
+                    "served err (init)",
+                    "served err (final)",
+                    "recovered",
+                ],
+                rows,
+            ),
+        ]
+    if results["variants"]:
+        rows = [
+            [
+                f"FRAME {n}",
+                v["description"],
+                *v["errors"],
+                v["mean_served_order_error"],
+                v["num_recovered"],
+            ]
+            for n, v in results["variants"].items()
+        ]
+        if "frame_orders" in results:
+            f = results["frame_orders"]
+            rows.insert(
+                0,
+                [
+                    "FRAME default",
+                    "spread init, order lr 1e-3, chirp",
+                    *results["methods"]["frame"]["errors"],
+                    f["mean_served_order_error"],
+                    f["num_recovered"],
+                ],
+            )
+        out += [
+            "",
+            "## FRAME variants: relative error per task, mean served order error, tasks recovered",
+            "",
+            markdown_table(["run", "what", *task_cols, "order err", "recovered"], rows),
+        ]
+    basin = results["basin"]
+    if basin:
+        offsets = sorted({r["offset_units"] for r in basin})
+        rows = []
+        for t in sorted({r["task"] for r in basin}):
+            a, cells = orders[t], []
+            for units in offsets:
+                r = next(x for x in basin if x["task"] == t and x["offset_units"] == units)
+                cells.append(
+                    f"{r['initial_order']:.3f}->{r['final_order']:.3f} (err {r['error']:.2f})"
+                    + (" ok" if r["recovered"] else "")
+                )
+            rows.append([f"{a:g}", *cells])
+        out += [
+            "",
+            "## Order basin: one expert, no routing; initial -> final order (relative error)",
+            "",
+            markdown_table(["a_t", *[f"start {u}/d away" for u in offsets]], rows),
+        ]
+    return "\n".join(out)

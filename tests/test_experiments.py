@@ -1,0 +1,193 @@
+"""The controlled experiments (``frame-peft experiment NAME``) at their quick sizes, plus the
+mathematical facts they rest on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from frame_peft.experiments import EXPERIMENTS, run_experiment
+from frame_peft.experiments.cli import add_experiment_parser
+from frame_peft.experiments.cli import run_experiment as cli_run
+from frame_peft.experiments.coherence_sweep import CoherenceConfig
+from frame_peft.experiments.domain_recovery import DomainRecoveryConfig, expert_orders
+from frame_peft.experiments.synthetic import (
+    Budget,
+    TaskSpec,
+    TrainConfig,
+    adapter_config,
+    build_tasks,
+    rank_floor,
+    train_adapter,
+)
+from frame_peft.transforms import coherence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frame-peft")
+    add_experiment_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+# The maths ---------------------------------------------------------------------------------
+
+
+def test_teacher_has_rank_r_in_its_domain_and_up_to_2r_in_space() -> None:
+    spec = TaskSpec(dim=32, task_orders=(0.0, 0.5), teacher_rank=3, eval_inputs=64)
+    tasks = build_tasks(spec, seed=0)
+    ranks = [int(torch.linalg.matrix_rank(w.double(), rtol=1e-5)) for w in tasks.teachers]
+    assert ranks == [3, 6]
+    norms = tasks.teachers.flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.full((2,), spec.teacher_scale * math.sqrt(32)), rtol=1e-5)
+    # The floor is exactly 0 at the teacher's spatial rank and positive below it.
+    assert rank_floor(tasks, 3)[0] < 1e-5 and rank_floor(tasks, 3)[1] > 0.1
+    assert rank_floor(tasks, 6)[1] < 1e-5
+
+
+def test_fixed_order_frame_fits_a_teacher_that_a_same_rank_spatial_expert_cannot() -> None:
+    """One rank-r expert at the teacher's order represents Re(T^H B A T) exactly; a spatial
+    rank-r expert is bound by the Eckart-Young floor (spatial rank 2r teacher); rank 2r LoRA fits.
+    """
+    spec = TaskSpec(dim=32, task_orders=(0.5,), teacher_rank=2, eval_inputs=256)
+    tasks = build_tasks(spec, seed=0)
+    train = TrainConfig(steps=300, batch_per_task=64, lr=3e-2)
+    floor = rank_floor(tasks, 2)[0]
+    assert floor > 0.3  # what "MoE-LoRA lacks the domain" means quantitatively here
+    frame = adapter_config("frame", Budget(1, 1, 2), order_mode="fixed", init_orders=[0.5])
+    assert train_adapter(tasks, frame, train, [0], seed=0).errors[0] < 0.02
+    moe = train_adapter(tasks, adapter_config("moe-lora", Budget(1, 1, 2)), train, [0], seed=0)
+    assert moe.errors[0] >= floor - 1e-6
+    lora = train_adapter(tasks, adapter_config("lora", Budget(2, 2, 2)), train, [0], seed=0)
+    assert lora.errors[0] < 0.02  # LoRA rank k·r = 4 = 2r_t
+
+
+@pytest.mark.parametrize("n", [16, 32])
+def test_coherence_facts(n: int) -> None:
+    assert coherence(0.3, 0.3, n, "exact") == pytest.approx(1.0, abs=1e-9)
+    assert coherence(0.3, 0.3, n, "chirp") == pytest.approx(1.0, abs=1e-9)
+    assert coherence(0.0, 1.0, n, "exact") == pytest.approx(1 / math.sqrt(n), abs=1e-9)
+    assert coherence(0.0, 1.0, n, "chirp") == pytest.approx(1 / math.sqrt(n), abs=1e-9)
+
+
+# The experiments at quick size ---------------------------------------------------------------
+
+
+def test_coherence_quick(tmp_path) -> None:
+    res = run_experiment("coherence", tmp_path, size="quick", progress=False)
+    cfg = CoherenceConfig.for_size("quick")
+    assert res["deltas"][0] == 0.0 and res["deltas"][-1] == 1.0
+    for label, by_n in res["curves"].items():
+        for n, values in by_n.items():
+            floor = 1 / math.sqrt(int(n))
+            assert values[0] == pytest.approx(1.0, abs=1e-6)  # Δa = 0
+            assert min(values) >= floor - 1e-6  # the unitary floor, always
+            if label in ("exact", "chirp@0"):
+                assert values[-1] == pytest.approx(floor, abs=1e-6)  # (0, 1): DFT vs identity
+            cross = res["crossings"][label][n]["0.5"]
+            assert cross is None or 0 < cross <= 1
+    assert set(res["crossings"]) == {"exact", *(f"chirp@{a:g}" for a in cfg.chirp_bases)}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "results.json", "results.md", "coherence.png", "crossings.png"
+    }  # fmt: skip
+
+
+def test_domain_recovery_quick_is_deterministic_and_complete(tmp_path) -> None:
+    a = run_experiment("domain-recovery", tmp_path / "a", size="quick", progress=False)
+    run_experiment("domain-recovery", tmp_path / "b", size="quick", progress=False)
+    assert (tmp_path / "a/results.json").read_bytes() == (tmp_path / "b/results.json").read_bytes()
+    assert json.loads((tmp_path / "a/results.json").read_text()) == json.loads(json.dumps(a))
+    assert {"results.json", "results.md", "errors.png", "basin.png", "orders.png"} <= {
+        p.name for p in (tmp_path / "a").iterdir()
+    }
+    cfg = DomainRecoveryConfig.for_size("quick")
+    num_tasks = len(cfg.tasks.task_orders)
+    assert set(a["methods"]) == set(cfg.methods)
+    for entry in a["methods"].values():
+        assert len(entry["errors"]) == len(entry["floor"]) == num_tasks
+        assert all(math.isfinite(e) and e >= 0 for e in entry["errors"])
+    # A fixed rank-q update cannot beat the Eckart-Young floor of rank q (a theorem).
+    lora = a["methods"]["lora"]
+    assert all(e >= f - 1e-6 for e, f in zip(lora["errors"], lora["floor"], strict=True))
+    # Active parameters are matched: the mixtures within 10 % of each other.
+    mix = [a["methods"][m]["active_parameters"] for m in ("frame", "moe-lora", "fouriermoe")]
+    assert max(mix) <= 1.1 * min(mix)
+    orders = a["frame_orders"]
+    assert len(orders["per_task"]) == num_tasks
+    assert all(0 < x < 1 for x in orders["final_orders"])
+    for row in orders["per_task"]:
+        assert row["recovered"] == (row["served_order_error"] <= a["tolerance"])
+    oracle = a["variants"]["oracle-routed"]
+    assert oracle["final_orders"] == expert_orders(cfg.tasks.task_orders, 8, 0.0)
+    assert oracle["mean_served_order_error"] == pytest.approx(0.0, abs=1e-6)
+    assert len(a["basin"]) == len(cfg.basin_tasks) * len(cfg.basin_offsets)
+    md = (tmp_path / "a/results.md").read_text()
+    assert "Relative error to the teacher" in md and "Order basin" in md
+
+
+def test_interference_quick(tmp_path) -> None:
+    res = run_experiment("interference", tmp_path, size="quick", progress=False)
+    for entry in res["methods"].values():
+        assert entry["gap"] == [
+            pytest.approx(m - s, abs=1e-5)
+            for m, s in zip(entry["multi"], entry["single"], strict=True)
+        ]
+    lora, floor = res["methods"]["lora"], res["rank_floor"]
+    assert all(e >= f - 1e-6 for e, f in zip(lora["multi"], floor, strict=True))
+    assert all(e >= f - 1e-6 for e, f in zip(lora["single"], floor, strict=True))
+    assert {"results.json", "results.md", "gap.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+# CLI and configs -----------------------------------------------------------------------------
+
+
+def test_cli_lists_and_runs(tmp_path, capsys) -> None:
+    parser = _parser()
+    assert cli_run(parser.parse_args(["experiment", "--list"])) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in EXPERIMENTS)
+    assert cli_run(parser.parse_args(["experiment"])) == 0
+    assert "coherence" in capsys.readouterr().out
+    args = parser.parse_args(["experiment", "coherence", "--quick", "--quiet", "--output",
+                              str(tmp_path), "--seed", "3"])  # fmt: skip
+    assert cli_run(args) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["seed"] == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["experiment", "no-such-experiment"])
+
+
+def test_help_describes_every_experiment(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["experiment", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in EXPERIMENTS) and "--quick" in out
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: TaskSpec(dim=15), "dim"),
+        (lambda: TaskSpec(task_orders=(0.2, 1.5)), "task_orders"),
+        (lambda: TaskSpec(teacher_transform="fft"), "teacher_transform"),
+        (lambda: Budget(num_experts=2, top_k=3), "top_k"),
+        (lambda: TrainConfig(steps=0), "steps"),
+        (lambda: TrainConfig(order_freeze_steps=5, steps=4), "order_freeze_steps"),
+        (lambda: DomainRecoveryConfig(variants=("nope",)), "variants"),
+        (lambda: DomainRecoveryConfig(basin_offsets=(0,)), "basin_offsets"),
+        (lambda: CoherenceConfig(lengths=(15,)), "lengths"),
+        (lambda: DomainRecoveryConfig.for_size("huge"), "size"),
+    ],
+)
+def test_configs_reject_bad_values(build, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        build()
+
+
+def test_run_experiment_rejects_unknown_names(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown experiment"):
+        run_experiment("nope", tmp_path)
+    with pytest.raises(ValueError, match="size"):
+        run_experiment("coherence", tmp_path, size="medium")

@@ -21,6 +21,7 @@ from frame_peft.experiments.synthetic import (
     TrainConfig,
     adapter_config,
     build_tasks,
+    delayed_router,
     rank_floor,
     train_adapter,
 )
@@ -63,6 +64,26 @@ def test_fixed_order_frame_fits_a_teacher_that_a_same_rank_spatial_expert_cannot
     assert moe.errors[0] >= floor - 1e-6
     lora = train_adapter(tasks, adapter_config("lora", Budget(2, 2, 2)), train, [0], seed=0)
     assert lora.errors[0] < 0.02  # LoRA rank k·r = 4 = 2r_t
+
+
+def test_delayed_router_is_frozen_and_dense_then_top_k_and_learned() -> None:
+    import frame_peft as fp
+
+    tasks = build_tasks(TaskSpec(dim=16, task_orders=(0.0, 0.5), eval_inputs=32), seed=0)
+    hook, seen = delayed_router(3), []
+
+    def on_step(model, step: int) -> None:
+        hook(model, step)
+        router = fp.adapted_layers(model)["proj"].adapter.router
+        seen.append((router.top_k, router.weight.detach().clone()))
+
+    config = adapter_config("frame", Budget(4, 2, 1))
+    train = TrainConfig(steps=6, batch_per_task=8, log_every=1)
+    train_adapter(tasks, config, train, [0, 1], seed=0, on_step=on_step)
+    assert [k for k, _ in seen] == [None, None, None, 2, 2, 2]
+    # Frozen: no gradient, so neither an update nor weight decay before step 3; learned after.
+    assert all(torch.equal(seen[0][1], w) for _, w in seen[:4])
+    assert not torch.equal(seen[3][1], seen[5][1])
 
 
 @pytest.mark.parametrize("n", [16, 32])

@@ -20,7 +20,11 @@ Three parts, all on the same tasks and seed:
    initialised near the teachers' (each pair of experts at a_t ± 1/d), all at 0.5, the exact
    transform (teachers and student exact), orders frozen for the first quarter of training, and
    the ORACLE (orders fixed at the teachers': what the parametrisation can do when the orders are
-   right; routing is still learned).
+   right; routing is still learned). Routing remedies: oracle routing (router fixed to the task
+   means, :func:`.synthetic.task_router`) with learned orders, which isolates order learning;
+   routing held back for the first quarter (:func:`.synthetic.delayed_router`: router frozen at
+   its random init with dense gates, so the experts specialise before routing is decided), with
+   oracle or learned orders; and, with oracle orders, a 10x balance loss or router jitter.
 3. **Order basin** (no routing): one FRAME expert (E = k = 1, rank r_t) trained on one task from
    an initial order a_t ± δ (δ in units of 1/d, moved into (0, 1)); does its order converge to
    a_t? This measures the width of the basin of the teacher's order directly.
@@ -39,8 +43,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._output import markdown_table, write_outputs
+from ._output import write_outputs
 from ._plots import plot_basin, plot_method_errors, plot_order_traces
+from .domain_recovery_report import markdown_report
 from .synthetic import (
     METHODS,
     Budget,
@@ -49,6 +54,7 @@ from .synthetic import (
     TrainConfig,
     adapter_config,
     build_tasks,
+    delayed_router,
     rank_floor,
     spectral_floor,
     task_router,
@@ -67,6 +73,14 @@ VARIANTS = {
     "warmup-fixed": "orders frozen for the first 25% of steps",
     "oracle": "orders fixed at the teachers' (two experts per task), router learned",
     "oracle-routed": "orders fixed at the teachers' and router fixed to the task means",
+    "learned-routed": "orders learned from the spread init, router fixed to the task means",
+    "init-near-routed": "orders learned from a_t ± 1/d, router fixed to the task means",
+    "oracle-router-delay": "orders fixed at the teachers'; router frozen at its random init and "
+    "dense (gates ≈ 1/E) for the first 25% of steps, then top-k and learned",
+    "router-delay": "orders learned from the spread init; router delayed as in oracle-router-delay",
+    "oracle-aux-0.1": "orders fixed at the teachers', router learned, balance loss coef 0.1 "
+    "(default 0.01)",
+    "oracle-jitter-0.1": "orders fixed at the teachers', router learned, router input jitter 0.1",
 }
 
 
@@ -147,7 +161,7 @@ def _variant_run(name: str, cfg: DomainRecoveryConfig, seed: int) -> tuple[dict,
     d, e = spec.dim, cfg.budget.num_experts
     if name.startswith("order-lr-"):
         train = replace(train, order_lr=float(name.removeprefix("order-lr-")))
-    elif name == "init-near":
+    elif name.startswith("init-near"):
         frame["init_orders"] = expert_orders(spec.task_orders, e, 1.0 / d)
     elif name == "init-mid":
         frame["init_orders"] = [0.5] * e
@@ -157,12 +171,20 @@ def _variant_run(name: str, cfg: DomainRecoveryConfig, seed: int) -> tuple[dict,
         train = replace(train, order_freeze_steps=train.steps // 4)
     elif name.startswith("oracle"):
         frame.update(order_mode="fixed", init_orders=expert_orders(spec.task_orders, e, 0.0))
+        if name.startswith("oracle-aux-"):
+            frame["aux_loss_coef"] = float(name.removeprefix("oracle-aux-"))
+        elif name.startswith("oracle-jitter-"):
+            frame["router_jitter"] = float(name.removeprefix("oracle-jitter-"))
     tasks = build_tasks(spec, seed)
     config = adapter_config("frame", cfg.budget, **frame)
-    prepare = None
-    if name == "oracle-routed":
+    # Oracle routing: expert i serves task i·T // E, the task whose order expert_orders gives it.
+    prepare = on_step = None
+    if name.endswith("-routed"):
         prepare = task_router(tasks, [i * tasks.num_tasks // e for i in range(e)])
-    run_ = train_adapter(tasks, config, train, list(range(tasks.num_tasks)), seed, prepare)
+    if name.endswith("router-delay"):
+        on_step = delayed_router(train.steps // 4)
+    all_tasks = list(range(tasks.num_tasks))
+    run_ = train_adapter(tasks, config, train, all_tasks, seed, prepare, on_step)
     return frame, run_
 
 
@@ -285,12 +307,16 @@ def run(
         "errors": lambda plt: plot_method_errors(plt, results, cfg.tasks.task_orders),
         "basin": lambda plt: plot_basin(plt, results["basin"], cfg.tasks.dim, tol),
     }
-    traces = {f"FRAME {n}": v for n, v in variants.items() if n != "oracle"}
+    traces = {
+        f"FRAME {n}": v
+        for n, v in variants.items()
+        if v["frame_options"].get("order_mode") != "fixed"
+    }
     if "frame_orders" in results:
         traces = {"FRAME (default)": results["frame_orders"], **traces}
     if traces:
         plots["orders"] = lambda plt: plot_order_traces(plt, traces, cfg.tasks.task_orders)
-    write_outputs(output_dir, results, _markdown(results, cfg, seed, elapsed), plots)
+    write_outputs(output_dir, results, markdown_report(results, cfg, seed, elapsed), plots)
     return results
 
 
@@ -329,113 +355,3 @@ def _orders_entry(run_: RunResult, cfg: DomainRecoveryConfig, tol: float) -> dic
         "logged_steps": run_.logged_steps,
         "order_history": run_.order_history,
     }
-
-
-def _markdown(results: dict[str, Any], cfg: DomainRecoveryConfig, seed: int, elapsed: float) -> str:
-    orders = cfg.tasks.task_orders
-    task_cols = [f"a={a:g}" for a in orders]
-    rows = []
-    for method, entry in results["methods"].items():
-        cells = [f"{e:.3f} ({f:.3f})" for e, f in zip(entry["errors"], entry["floor"], strict=True)]
-        rows.append([method, entry["active_parameters"], *cells])
-    out = [
-        f"# {NAME} ({results['size']}, seed {seed})",
-        "",
-        f"d = {cfg.tasks.dim}, teacher rank {cfg.tasks.teacher_rank} in its own domain "
-        f"({cfg.tasks.teacher_transform}), {cfg.train.steps} steps x {cfg.train.batch_per_task} "
-        f"inputs per task. Runtime {elapsed:.0f} s.",
-        "",
-        "## Relative error to the teacher per task (floor of the method's budget in brackets)",
-        "",
-        markdown_table(["method", "active params", *task_cols], rows),
-    ]
-    sections = []
-    if "frame_orders" in results:
-        sections.append(("FRAME (default)", results["frame_orders"]))
-    sections += [(f"FRAME {n}", v) for n, v in results["variants"].items()]
-    if sections:
-        rows = []
-        for label, entry in sections:
-            for r in entry["per_task"]:
-                rows.append(
-                    [
-                        label,
-                        f"{r['teacher_order']:g}",
-                        ", ".join(str(e) for e in r["served_experts"]),
-                        ", ".join(f"{a:.3f}" for a in r["served_orders_initial"]),
-                        ", ".join(f"{a:.3f}" for a in r["served_orders_final"]),
-                        r["top_order_error"],
-                        r["served_order_error_initial"],
-                        r["served_order_error"],
-                        "yes" if r["recovered"] else "no",
-                    ]
-                )
-        out += [
-            "",
-            f"## FRAME orders per task (tolerance {results['tolerance']:.4f} = "
-            f"{cfg.tolerance_units:g}/d)",
-            "",
-            markdown_table(
-                [
-                    "run",
-                    "a_t",
-                    "top-2 experts",
-                    "their orders (init)",
-                    "(final)",
-                    "top err",
-                    "served err (init)",
-                    "served err (final)",
-                    "recovered",
-                ],
-                rows,
-            ),
-        ]
-    if results["variants"]:
-        rows = [
-            [
-                f"FRAME {n}",
-                v["description"],
-                *v["errors"],
-                v["mean_served_order_error"],
-                v["num_recovered"],
-            ]
-            for n, v in results["variants"].items()
-        ]
-        if "frame_orders" in results:
-            f = results["frame_orders"]
-            rows.insert(
-                0,
-                [
-                    "FRAME default",
-                    "spread init, order lr 1e-3, chirp",
-                    *results["methods"]["frame"]["errors"],
-                    f["mean_served_order_error"],
-                    f["num_recovered"],
-                ],
-            )
-        out += [
-            "",
-            "## FRAME variants: relative error per task, mean served order error, tasks recovered",
-            "",
-            markdown_table(["run", "what", *task_cols, "order err", "recovered"], rows),
-        ]
-    basin = results["basin"]
-    if basin:
-        offsets = sorted({r["offset_units"] for r in basin})
-        rows = []
-        for t in sorted({r["task"] for r in basin}):
-            a, cells = orders[t], []
-            for units in offsets:
-                r = next(x for x in basin if x["task"] == t and x["offset_units"] == units)
-                cells.append(
-                    f"{r['initial_order']:.3f}->{r['final_order']:.3f} (err {r['error']:.2f})"
-                    + (" ok" if r["recovered"] else "")
-                )
-            rows.append([f"{a:g}", *cells])
-        out += [
-            "",
-            "## Order basin: one expert, no routing; initial -> final order (relative error)",
-            "",
-            markdown_table(["a_t", *[f"start {u}/d away" for u in offsets]], rows),
-        ]
-    return "\n".join(out)

@@ -326,12 +326,14 @@ def train_adapter(
     task_ids: list[int],
     seed: int,
     prepare: Callable[[nn.Module], None] | None = None,
+    on_step: Callable[[nn.Module, int], None] | None = None,
 ) -> RunResult:
     """Inject ``config`` into a fresh :class:`FrozenBase`, train on ``task_ids``, evaluate.
 
     Seeds: the adapter initialisation uses ``torch.manual_seed(seed)``, the training inputs a
     generator seeded with ``seed + 1``; held-out inputs come from the task set. ``prepare(model)``
-    runs after injection, before the optimizer is built (e.g. to fix and freeze a router).
+    runs after injection, before the optimizer is built (e.g. to fix and freeze a router);
+    ``on_step(model, step)`` runs at the start of every step (e.g. :func:`delayed_router`).
     """
     import frame_peft as fp
 
@@ -345,6 +347,8 @@ def train_adapter(
     result = RunResult(task_ids, [], fp.count_parameters(model)["active_per_token"])
     result.initial_orders = _frame_orders(model)
     for step in range(train.steps):
+        if on_step is not None:
+            on_step(model, step)
         factor = _lr_factor(step, train)
         for group, base in zip(opt.param_groups, base_lrs, strict=True):
             frozen = group.get("name") == "order" and step < train.order_freeze_steps
@@ -409,3 +413,26 @@ def task_router(tasks: TaskSet, expert_tasks: list[int], sharpness: float = 10.0
         router.weight.requires_grad_(False)
 
     return prepare
+
+
+def delayed_router(steps: int) -> Callable[[nn.Module, int], None]:
+    """An ``on_step`` hook that holds routing back for the first ``steps`` steps: the router stays
+    frozen at its random initialisation (N(0, 0.02), so its logits are small) and is dense (every
+    expert gets its softmax gate, about 1/E each), so all experts train on all tasks before any
+    routing decision; from step ``steps`` on the router is top-k and learned as usual. A frozen
+    router gets no gradient, so the optimizer skips it (no update, no weight decay)."""
+    saved: dict[str, int | None] = {}
+
+    def on_step(model: nn.Module, step: int) -> None:
+        from .. import adapted_layers
+
+        router = adapted_layers(model)["proj"].adapter.router
+        if step == 0 and steps > 0:
+            saved["top_k"] = router.top_k
+            router.top_k = None
+            router.weight.requires_grad_(False)
+        elif step == steps and saved:
+            router.top_k = saved.pop("top_k")
+            router.weight.requires_grad_(True)
+
+    return on_step

@@ -157,7 +157,8 @@ class RoutingRecorder:
         a task a module never saw has load zeros and 0 tokens. ``top_k`` is the k of the
         router (E for a dense one, whose ``load`` counts each token's most probable expert).
         ``by_layer_task`` is the unweighted mean over a layer's modules (those with the layer's
-        most common E; modules without a layer index are left out), a task × expert heatmap.
+        most common E; modules without a layer index are left out), a task × expert heatmap
+        over the tasks that layer saw (a training-only task with no held-out tokens has no row).
 
         ``warnings`` has one line per module with a collapsed router: a dead expert (``load <
         dead_share / E``) or a dominant one (``load > dominant_share``; None means ``0.9 / k``
@@ -251,10 +252,11 @@ def _by_layer_task(modules: dict[str, dict[str, Any]], tasks: list[str]) -> dict
         sizes = [modules[n]["num_experts"] for n in names]
         common = max(set(sizes), key=lambda e: (sizes.count(e), e))
         names = [n for n in names if modules[n]["num_experts"] == common]
+        seen = [t for t in tasks if any(modules[n]["per_task_tokens"][t] for n in names)]
         load = [
             [sum(modules[n]["per_task_load"][task][e] for n in names) / len(names)
              for e in range(common)]
-            for task in tasks
+            for task in seen
         ]  # fmt: skip
-        out[str(layer)] = {"tasks": list(tasks), "load": load, "modules": names}
+        out[str(layer)] = {"tasks": seen, "load": load, "modules": names}
     return out

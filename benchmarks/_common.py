@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import resource
+import shlex
 import statistics
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 
@@ -118,3 +123,37 @@ def shape_list(text: str) -> list[tuple[int, int]]:
             raise argparse.ArgumentTypeError(f"shapes are D_INxD_OUT, got {item!r}")
         shapes.append((int(parts[0]), int(parts[1])))
     return shapes
+
+
+def cli_args(argv: Sequence[str] | None) -> list[str]:
+    """The arguments a script was given: ``argv``, or the command line's when None."""
+    return list(sys.argv[1:] if argv is None else argv)
+
+
+def wants_quick(argv: Sequence[str] | None) -> bool:
+    """True when ``--quick`` is among the arguments (it sets presets; explicit flags still win)."""
+    return "--quick" in cli_args(argv)
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces this run, as the results pages print it."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return f"OMP_NUM_THREADS={omp} python benchmarks/{script} {shlex.join(cli_args(argv))}".rstrip()
+
+
+def run_memory_worker(
+    script: str | Path, job: dict, threads: int, log: Callable[[str], None]
+) -> dict | None:
+    """Run ``script --_memory-worker JOB`` in a fresh process; its last stdout line as JSON.
+
+    ``MALLOC_MMAP_THRESHOLD_=65536`` makes freed blocks of 64 KiB or more go back to the OS, so
+    RSS follows live memory. Returns None (and logs stderr's last line) when the worker fails.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MALLOC_MMAP_THRESHOLD_="65536")
+    cmd = [sys.executable, str(Path(script).resolve()), "--_memory-worker", json.dumps(job)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no stderr"]
+        log(f"  memory worker failed: {tail[0]}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])

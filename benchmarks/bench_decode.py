@@ -27,9 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _common import int_list, machine_info, quartiles
+from _common import command_line, int_list, machine_info, quartiles, wants_quick
 from _layer_methods import METHODS, build
 from _layer_report import git_state
 from _lm import build_method, load_model
@@ -199,7 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="d = 64, 256; tiny model; 3 rounds")
     ap.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT} (+ .json)")
-    if "--quick" in (sys.argv[1:] if argv is None else argv):  # presets; explicit flags win
+    if wants_quick(argv):  # presets; explicit flags win
         ap.set_defaults(dims=[64, 256], inner=[20], rounds=3, prompt=8, new_tokens=8)
     args = ap.parse_args(argv)
     if len(args.inner) == 1:
@@ -212,9 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    shown = sys.argv[1:] if argv is None else argv
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    command = f"OMP_NUM_THREADS={omp} python benchmarks/bench_decode.py {shlex.join(shown)}"
+    command = command_line("bench_decode.py", argv)
     started = time.perf_counter()
     layers = {}
     for d, inner in zip(args.dims, args.inner, strict=True):

@@ -34,16 +34,22 @@ import argparse
 import gc
 import json
 import os
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import frame_peft as fp
-from _common import machine_info, peak_rss_mb, quartiles, reset_peak_rss, rss_mb
+from _common import (
+    command_line,
+    machine_info,
+    peak_rss_mb,
+    quartiles,
+    reset_peak_rss,
+    rss_mb,
+    run_memory_worker,
+    wants_quick,
+)
 from _layer_methods import METHODS
 from _layer_report import FRAME_VS_MOE, FRAME_VS_PEFT_LORA, LORA_VS_PEFT, git_state
 from _lm import LINEARS, build_method, load_model, match_model_budgets
@@ -140,13 +146,8 @@ def memory_worker(job: dict) -> dict[str, dict[str, float]]:
 
 
 def measure_memory(job: dict, threads: int, log) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MALLOC_MMAP_THRESHOLD_="65536")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-worker", json.dumps(job)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        log(f"  memory worker failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-        return {}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run :func:`memory_worker` in a fresh subprocess; ``{method: {...}}`` ({} on failure)."""
+    return run_memory_worker(__file__, job, threads, log) or {}
 
 
 def check_targets(times: dict) -> list[dict]:
@@ -229,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT} (+ .json)")
     ap.add_argument("--_memory-worker", dest="memory_worker", help=argparse.SUPPRESS)
-    if "--quick" in (sys.argv[1:] if argv is None else argv):  # presets; explicit flags win
+    if wants_quick(argv):  # presets; explicit flags win
         ap.set_defaults(batch=2, seq_len=32, warmup=1, repeats=3)
     args = ap.parse_args(argv)
     if args.warmup < 1 or args.repeats < 1:
@@ -243,11 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(memory_worker(json.loads(args.memory_worker))))
         return
     torch.set_num_threads(args.threads)
-    shown = sys.argv[1:] if argv is None else argv
-    command = (
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python benchmarks/bench_e2e.py "
-        + shlex.join(shown)
-    ).rstrip()
+    command = command_line("bench_e2e.py", argv)
     load_start, started = os.getloadavg(), time.perf_counter()
 
     def log(msg: str) -> None:

@@ -46,9 +46,6 @@ import argparse
 import gc
 import json
 import os
-import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +53,17 @@ from pathlib import Path
 import torch
 
 import frame_peft as fp
-from _common import address_space_cap, int_list, peak_rss_mb, reset_peak_rss, rss_mb, shape_list
+from _common import (
+    address_space_cap,
+    command_line,
+    int_list,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+    run_memory_worker,
+    shape_list,
+    wants_quick,
+)
 from _layer_methods import METHODS, TOP_K, build, match_budgets, target_budget
 from _layer_report import cell_table, gap_table, report, summary_table, targets
 from frame_peft.peft_bridge import count_parameters
@@ -221,14 +228,7 @@ def memory_worker(job: dict) -> dict[str, dict[str, float | None]]:
 
 def measure_memory(job: dict, threads: int, log: Log) -> dict[int, dict[str, float | None]]:
     """Run :func:`memory_worker` in a fresh subprocess; ``{T: {method: MiB}}`` ({} on failure)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MALLOC_MMAP_THRESHOLD_="65536")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-worker", json.dumps(job)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no stderr"]
-        log(f"  memory worker failed: {tail[0]}")
-        return {}
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = run_memory_worker(__file__, job, threads, log) or {}
     return {int(t): v for t, v in raw.items()}
 
 
@@ -299,7 +299,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT}")
     ap.add_argument("--_memory-worker", dest="memory_worker", help=argparse.SUPPRESS)
-    if "--quick" in (sys.argv[1:] if argv is None else argv):  # presets; explicit flags win
+    if wants_quick(argv):  # presets; explicit flags win
         ap.set_defaults(
             dims=[256, 512], tokens=[128, 512], repeats=3, cell_budget_s=0,
             gap_tokens=[64, 256], gap_repeats=3,
@@ -325,9 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cap_mb = args.mem_cap_gb * 1024
     names = [m for m in METHODS if m in {"base", "moe_lora", *args.methods}]
-    shown = sys.argv[1:] if argv is None else argv
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    command = f"OMP_NUM_THREADS={omp} python benchmarks/bench_layers.py {shlex.join(shown)}"
+    command = command_line("bench_layers.py", argv)
     load_start, started = os.getloadavg(), time.perf_counter()
     budget = args.cell_budget_s or None
 

@@ -23,16 +23,13 @@ import argparse
 import gc
 import json
 import math
-import os
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from _common import int_list, machine_info, quartiles
+from _common import command_line, int_list, machine_info, quartiles, wants_quick
 from _layer_methods import match_budgets
 from _layer_report import git_state
 from bench_layers import build_all, inputs, time_methods
@@ -170,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="d = 64 … 512, T = 128, 3 rounds")
     ap.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT} (+ .json, .png)")
-    if "--quick" in (sys.argv[1:] if argv is None else argv):  # presets; explicit flags win
+    if wants_quick(argv):  # presets; explicit flags win
         ap.set_defaults(dims=[64, 128, 256, 512], tokens=128, repeats=3, budget_s=0, fit_from=0)
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.max_repeats < args.repeats:
@@ -181,9 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    shown = sys.argv[1:] if argv is None else argv
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    command = f"OMP_NUM_THREADS={omp} python benchmarks/bench_scaling.py {shlex.join(shown)}"
+    command = command_line("bench_scaling.py", argv)
     started = time.perf_counter()
 
     def log(msg: str) -> None:

@@ -38,11 +38,14 @@ def tiny_recipe(
     eval_per_task: int = 6,
     num_experts: int = 3,
     max_steps: int = 3,
+    lr: float = 1e-2,
+    extra_adapters: dict[str, dict] | None = None,
 ) -> Path:
     """Write model, tokenizer, data and ``tiny.yaml`` under ``root``; returns the recipe path.
 
     Every task gets its own ARC-format file (``arc_easy``, ``arc_challenge`` and ``openbookqa``
-    -style names all load it); FRAME, MoE-LoRA and LoRA adapters are configured small.
+    -style names all load it); FRAME, MoE-LoRA and LoRA adapters are configured small, plus
+    ``extra_adapters`` (e.g. ``{"peft:lora": {...}}``).
     """
     root.mkdir(parents=True, exist_ok=True)
     model_dir = root / "model"
@@ -60,7 +63,12 @@ def tiny_recipe(
         "model": {"name": str(model_dir), "dtype": "float32"},
         "method": "frame",
         "target_modules": ["q_proj", "v_proj"],
-        "adapters": {"frame": dict(experts), "moe-lora": dict(experts), "lora": {"rank": 2}},
+        "adapters": {
+            "frame": dict(experts),
+            "moe-lora": dict(experts),
+            "lora": {"rank": 2},
+            **(extra_adapters or {}),
+        },
         "data": {
             "source": "offline",
             "paths": paths,
@@ -74,7 +82,7 @@ def tiny_recipe(
             "progress": False,
             "tensorboard": False,
             "log_every": 1,
-            "lr": 1e-2,
+            "lr": lr,
         },
         "eval": {"batch_size": 4, "max_new_tokens": 4},
         "compare": ["base", "lora", "frame"],

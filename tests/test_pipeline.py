@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
-from _runs import arc_rows
-from _tokenizer import char_tokenizer, tiny_text_llama
+from _runs import tiny_recipe
 from frame_peft.cli import main
 from frame_peft.pipeline import compare_recipe, evaluate_target, prepare_data
 from frame_peft.recipes import load_recipe
@@ -16,43 +14,12 @@ from frame_peft.recipes import load_recipe
 
 @pytest.fixture(scope="module")
 def recipe_file(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    model_dir = root / "model"
-    tiny_text_llama().save_pretrained(model_dir)
-    char_tokenizer().save_pretrained(model_dir)
-    data = root / "arc.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in arc_rows(24)) + "\n")
-    recipe = {
-        "name": "tiny",
-        "model": {"name": str(model_dir), "dtype": "float32"},
-        "method": "frame",
-        "target_modules": ["q_proj", "v_proj"],
-        "adapters": {
-            "frame": {"num_experts": 2, "top_k": 1, "rank": 2},
-            "lora": {"rank": 2},
-            "peft:lora": {"r": 2, "lora_alpha": 4},
-        },
-        "data": {
-            "source": "offline",
-            "paths": {"arc_easy": str(data)},
-            "train": {"arc_easy": 16},
-            "eval": {"arc_easy": 6},
-            "max_length": 96,
-        },
-        "train": {
-            "max_steps": 3,
-            "per_device_batch_size": 2,
-            "progress": False,
-            "tensorboard": False,
-            "log_every": 1,
-            "lr": 1e-3,
-        },
-        "eval": {"batch_size": 4, "max_new_tokens": 4},
-        "compare": ["base", "lora", "frame"],
-    }
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return tiny_recipe(
+        tmp_path_factory.mktemp("pipeline"),
+        num_experts=2,
+        lr=1e-3,
+        extra_adapters={"peft:lora": {"r": 2, "lora_alpha": 4}},
+    )
 
 
 def test_prepare_data_is_disjoint_and_deterministic(recipe_file):

@@ -61,3 +61,9 @@ def batch(seed: int = 1, b: int = 2, s: int = 10, pad_rows: int = 1) -> dict[str
 def mlp(seed: int = 0, width: int = 16) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)).eval()
+
+
+def single_linear(d_in: int = 64, d_out: int = 32, seed: int = 0) -> nn.Module:
+    """One ``nn.Linear`` in a Sequential: the adapter target is named ``"0"``."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, d_out))

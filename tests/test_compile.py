@@ -7,26 +7,18 @@ import torch
 from torch import nn
 
 import frame_peft as fp
-
-
-class _Proj(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(64, 32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+from _models import single_linear
 
 
 def _frame_layer(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    config = fp.FrameConfig(target_modules=["proj"], num_experts=4, top_k=2, rank=2, dropout=0.0)
-    model = fp.inject(_Proj(), config)
+    config = fp.FrameConfig(target_modules=["0"], num_experts=4, top_k=2, rank=2, dropout=0.0)
+    model = fp.inject(single_linear(64, 32), config)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad and p.dim() > 1:
                 p.normal_(0.0, 0.1)  # B starts at zero: give every path a non-zero value
-    return fp.adapted_layers(model)["proj"]
+    return fp.adapted_layers(model)["0"]
 
 
 def _grads(layer: nn.Module, out: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -6,23 +6,15 @@ import torch
 from torch import nn
 
 import frame_peft as fp
-
-
-class _Proj(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(32, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+from _models import single_linear
 
 
 def _model(**kwargs) -> nn.Module:
     torch.manual_seed(0)
-    config = fp.FrameConfig(target_modules=["proj"], num_experts=4, top_k=2, rank=2, **kwargs)
-    model = fp.inject(_Proj(), config)
+    config = fp.FrameConfig(target_modules=["0"], num_experts=4, top_k=2, rank=2, **kwargs)
+    model = fp.inject(single_linear(32, 16), config)
     with torch.no_grad():
-        fp.adapted_layers(model)["proj"].adapter.B.normal_(0.0, 0.1)
+        fp.adapted_layers(model)["0"].adapter.B.normal_(0.0, 0.1)
     return model.eval()
 
 
@@ -31,7 +23,7 @@ def _fresh(adapter) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_cached_factors_are_reused_and_equal_the_fresh_ones():
-    adapter = fp.adapted_layers(_model())["proj"].adapter
+    adapter = fp.adapted_layers(_model())["0"].adapter
     with torch.no_grad():
         first = adapter.expert_factors()
         second = adapter.expert_factors()
@@ -42,7 +34,7 @@ def test_cached_factors_are_reused_and_equal_the_fresh_ones():
 
 def test_training_forwards_bypass_the_cache_and_get_gradients():
     model = _model()
-    adapter = fp.adapted_layers(model)["proj"].adapter
+    adapter = fp.adapted_layers(model)["0"].adapter
     with torch.no_grad():
         adapter.expert_factors()
     a, _ = adapter.expert_factors()
@@ -53,7 +45,7 @@ def test_training_forwards_bypass_the_cache_and_get_gradients():
 
 def test_cache_follows_optimizer_steps_state_loads_and_device_moves():
     model = _model()
-    adapter = fp.adapted_layers(model)["proj"].adapter
+    adapter = fp.adapted_layers(model)["0"].adapter
     x = torch.randn(3, 32)
     with torch.no_grad():
         before = model(x)
@@ -78,9 +70,9 @@ def test_cache_follows_optimizer_steps_state_loads_and_device_moves():
 
 
 def test_fixed_orders_are_cached_too_and_zero_orders_skip_the_transform():
-    adapter = fp.adapted_layers(_model(order_mode="fixed"))["proj"].adapter
+    adapter = fp.adapted_layers(_model(order_mode="fixed"))["0"].adapter
     with torch.no_grad():
         assert adapter.expert_factors()[0] is adapter.expert_factors()[0]
-    zeros = fp.adapted_layers(_model(order_mode="fixed", init_orders="zeros"))["proj"].adapter
+    zeros = fp.adapted_layers(_model(order_mode="fixed", init_orders="zeros"))["0"].adapter
     with torch.no_grad():
         assert zeros.expert_factors()[0] is zeros.A

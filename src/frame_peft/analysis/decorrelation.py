@@ -24,12 +24,8 @@ An expert whose update is exactly zero (B = 0 at initialisation) has no directio
 subspace: its row and column of the three matrices are None (never NaN). Coherence does not
 depend on the weights and is always reported.
 
-Coherence, exactly and fast: both transforms commute with the index reversal R (every chirp and
-every Hermite–Gaussian is even or odd), so ``G = T_a^H T_b`` satisfies ``G[Ri, Rj] = G[i, j]`` and
-the columns ``j ≤ ⌊n/2⌋`` hold every entry's modulus. For the chirp surrogate each expert's
-``T_{a_f}`` is built once on those columns (O(n² log n)) and each pair costs one adjoint transform
-of it; the exact transform depends only on ``b − a`` (``F^{-a} F^b = F^{b−a}``), computed once per
-distinct difference. Pairs with the same orders (and width) are computed once per call.
+Coherence matrices come from :func:`frame_peft.transforms.coherence_matrix` (one transform per
+expert, one adjoint per pair, a cache shared by the modules of one call).
 
 FourierMoE has no factors; when its dense ``ΔW_e`` (E·d_out·d_in numbers) is at most
 ``max_dense_elements`` per expert, cosines come from the dense matrices and overlaps from their
@@ -47,7 +43,7 @@ from ..core.inject import require_injection
 from ..methods.fouriermoe.layer import FourierMoEAdapter
 from ..methods.frame.layer import FrameAdapter
 from ..methods.hydralora.layer import HydraLoRAAdapter
-from ..transforms import dfrft, frft, frft_adjoint
+from ..transforms import coherence_matrix
 from .modules import module_info
 
 Matrix = list[list[float | None]]
@@ -247,54 +243,6 @@ def _overlaps(bases: torch.Tensor, ranks: list[int]) -> Matrix:
 
 
 # Coherence -----------------------------------------------------------------------------------
-def coherence_matrix(
-    orders: list[float], n: int, transform: str, cache: dict[tuple, float] | None = None
-) -> list[list[float]]:
-    """E×E mutual coherences ``max |T_{a_e}^H T_{a_f}|`` of length-n transforms (float64).
-
-    Equal to :func:`frame_peft.transforms.coherence` for every pair (see the module docstring
-    for how it is computed); ``cache`` maps ``(transform, n, key)`` to values across calls.
-    """
-    if transform not in ("chirp", "exact"):
-        raise ValueError(f"transform must be 'chirp' or 'exact', got {transform!r}")
-    cache = {} if cache is None else cache
-    num_experts = len(orders)
-    # Row j of ``unit`` is e_j for j <= n//2 (one column of every reversal orbit); transforms act
-    # on the last axis, so ``T(unit)`` holds the columns T e_j as rows (contiguous, no copies).
-    unit = torch.eye(n // 2 + 1, n, dtype=torch.float64)
-
-    def key(e: int, f: int) -> tuple:
-        a, b = orders[e], orders[f]
-        if transform == "exact":
-            return ("exact", n, abs(b - a))
-        return ("chirp", n, min(a, b), max(a, b))
-
-    todo = [(e, f) for e in range(num_experts) for f in range(e + 1, num_experts)
-            if key(e, f) not in cache]  # fmt: skip
-    if transform == "exact":
-        for e, f in todo:
-            if key(e, f) not in cache:  # F^{-a} F^b = F^{b-a}, on the kept columns
-                cache[key(e, f)] = float(dfrft(unit, orders[f] - orders[e]).abs().max())
-    elif todo:
-        needed = sorted({f for _, f in todo})
-        basis = frft(
-            unit.expand(len(needed), *unit.shape),
-            torch.tensor([orders[f] for f in needed], dtype=torch.float64),
-        )  # (F, n//2+1, n): row j of block i is (T_{a_f} e_j)ᵀ, f = needed[i]
-        where = {f: i for i, f in enumerate(needed)}
-        for e in sorted({e for e, _ in todo}):
-            fs = [f for e2, f in todo if e2 == e and key(e, f) not in cache]
-            if fs:
-                gram = frft_adjoint(basis[[where[f] for f in fs]], orders[e])  # (T_a^H T_b e_j)ᵀ
-                for f, value in zip(fs, gram.abs().amax(dim=(1, 2)).tolist(), strict=True):
-                    cache[key(e, f)] = value
-    out = [[1.0] * num_experts for _ in range(num_experts)]  # T^H T = I: coherence 1
-    for e in range(num_experts):
-        for f in range(e + 1, num_experts):
-            out[e][f] = out[f][e] = cache[key(e, f)]
-    return out
-
-
 # Aggregation ---------------------------------------------------------------------------------
 def _offdiag_mean(matrix: Matrix | None, absolute: bool = False) -> float | None:
     if matrix is None:

@@ -4,7 +4,8 @@
 - :func:`frft`, :func:`frft_adjoint`, :func:`frft_right`: the three-shear chirp–FFT surrogate
   ``U_a`` (O(N log N), exactly unitary, not additive).
 - :func:`dfrft`, :func:`dfrft_matrix`, :func:`dfrft_basis`: the exact Candan discrete FrFT.
-- :func:`coherence`: mutual coherence of two orders' bases.
+- :func:`coherence`, :func:`coherence_matrix`: mutual coherence of two orders' bases, or of
+  every pair of a list of orders.
 - :func:`get_transform`: ``"chirp"`` or ``"exact"`` by name, as FRAME's config names them.
 
 Conventions are in METHODS.md §1 and docs/transforms.md.
@@ -18,7 +19,7 @@ import torch
 
 from ._common import Order
 from .chirp import frft, frft_adjoint, frft_right
-from .coherence import coherence
+from .coherence import coherence, coherence_matrix
 from .dft import dft, idft
 from .exact import dfrft, dfrft_basis, dfrft_matrix
 
@@ -43,6 +44,7 @@ def get_transform(name: str) -> tuple[Callable, Callable]:
 
 __all__ = [
     "coherence",
+    "coherence_matrix",
     "dfrft",
     "dfrft_adjoint",
     "dfrft_basis",

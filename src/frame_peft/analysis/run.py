@@ -134,21 +134,15 @@ def _analyze_one(
 
     from ..data import TaskVocabulary
     from ..peft_bridge import count_parameters
-    from ..pipeline.data_prep import prepare_data
-    from ..pipeline.model_prep import load_trained
-    from ..pipeline.run import _check_same_split
-    from ..recipes.schema import load_recipe
+    from ..pipeline.run import load_run
     from ..routing import routing_context
     from .decorrelation import decorrelation
     from .orders import order_statistics
     from .routing import RoutingRecorder
 
     method = info["method"]
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    model, tokenizer = load_trained(recipe, method, run_dir / "adapter")
+    _, recipe, model, tokenizer, data = load_run(run_dir)
     model.eval()
-    data = prepare_data(recipe)
-    _check_same_split(run_dir, data)
     notes: list[str] = []
     if "task_ids" in info:
         vocab = TaskVocabulary.from_dict(info["task_ids"])

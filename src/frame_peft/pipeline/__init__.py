@@ -2,7 +2,7 @@
 
 from .data_prep import PreparedData, prepare_data
 from .model_prep import attach_adapter, build_model, load_base, load_trained
-from .run import compare_recipe, evaluate_target, run_quickstart, train_recipe
+from .run import compare_recipe, evaluate_target, load_run, run_quickstart, train_recipe
 
 __all__ = [
     "PreparedData",
@@ -11,6 +11,7 @@ __all__ = [
     "compare_recipe",
     "evaluate_target",
     "load_base",
+    "load_run",
     "load_trained",
     "prepare_data",
     "run_quickstart",

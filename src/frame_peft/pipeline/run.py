@@ -25,7 +25,7 @@ import torch
 from .. import __version__
 from .._files import atomic_write_bytes
 from ..peft_bridge import count_parameters
-from ..recipes.schema import BASELINE, Recipe, load_recipe, recipe_from_dict
+from ..recipes.schema import BASELINE, Recipe, load_recipe
 from .data_prep import PreparedData, prepare_data
 from .model_prep import attach_adapter, build_model, load_base, load_trained
 
@@ -179,17 +179,8 @@ def evaluate_target(
     """Evaluate a run directory (reloading its adapter) or a base model on a recipe."""
     path = Path(target)
     if (path / "run.json").is_file():
-        import yaml
-
-        info = json.loads((path / "run.json").read_text())
-        raw = yaml.safe_load((path / "recipe.yaml").read_text())
-        recipe = recipe_from_dict(raw, source_path=str(path / "recipe.yaml"))
-        if overrides:
-            from ..recipes.schema import apply_overrides
-
-            recipe = recipe_from_dict(apply_overrides(raw, overrides))
+        info, recipe, model, tokenizer, data = load_run(path, overrides)
         method = info["method"]
-        model, tokenizer = load_trained(recipe, method, path / "adapter")
         out_dir = Path(output_dir or path)
     else:
         recipe = load_recipe(target, overrides)
@@ -201,9 +192,9 @@ def evaluate_target(
             )
         model, tokenizer = build_model(recipe, BASELINE)
         out_dir = Path(output_dir or f"runs/{recipe.name}/{BASELINE}")
+        data = prepare_data(recipe)
+        _check_same_split(out_dir, data)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(recipe)
-    _check_same_split(out_dir, data)
     results = _evaluate(model, tokenizer, recipe, data, method, {})
     _save_eval(results, out_dir, method)
     if lm_eval_tasks:
@@ -215,6 +206,20 @@ def evaluate_target(
         _write_json(out_dir / "lm_eval.json", lm)
         print(json.dumps(lm.get("results", lm), indent=2, default=str))
     return results
+
+
+def load_run(
+    run_dir: str | Path, overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any], Recipe, torch.nn.Module, Any, PreparedData]:
+    """Reload what ``train`` wrote in ``run_dir``: ``(run.json, recipe, trained model, tokenizer,
+    data)``, the data rebuilt from the recipe and checked against the run's ``data.json``."""
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    recipe = load_recipe(run_dir / "recipe.yaml", overrides)
+    model, tokenizer = load_trained(recipe, info["method"], run_dir / "adapter")
+    data = prepare_data(recipe)
+    _check_same_split(run_dir, data)
+    return info, recipe, model, tokenizer, data
 
 
 def _check_same_split(run_dir: Path, data: PreparedData) -> None:

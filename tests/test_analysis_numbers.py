@@ -9,7 +9,6 @@ test_analysis_routing.py.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 import frame_peft as fp
 from _models import mlp, tiny_gpt2, tiny_llama
 from _training_data import RandomTokens, frame_config
-from frame_peft.analysis.decorrelation import coherence_matrix, decorrelation
+from frame_peft.analysis.decorrelation import decorrelation
 from frame_peft.analysis.modules import ModuleInfo, group_by_kind, module_info
 from frame_peft.analysis.orders import order_statistics, read_order_log
 from frame_peft.training import TrainConfig, Trainer
@@ -247,24 +246,6 @@ def test_frame_matches_its_dense_delta_weights(transform):
             for f in range(4):
                 expected = coherence(m["orders"][e], m["orders"][f], 32, transform)
                 assert m["coherence"][e][f] == pytest.approx(expected, abs=1e-12)
-
-
-def test_coherence_known_values_and_matrix_against_pairwise_coherence():
-    n = 32
-    for transform in ("chirp", "exact"):
-        c = coherence_matrix([0.0, 1.0, 0.4, 0.4], n, transform)
-        assert c[0][1] == c[1][0] == pytest.approx(1 / math.sqrt(n), abs=1e-12)
-        assert c[2][3] == pytest.approx(1.0, abs=1e-12) and c[1][1] == 1.0
-    orders = [-0.7, 0.25, 1.5, 2.3, 0.9]  # outside [-1, 1] too (the reversal branch)
-    for transform, width in (("chirp", 32), ("exact", 32), ("exact", 15)):
-        cache: dict = {}
-        c = coherence_matrix(orders, width, transform, cache)
-        for e, a in enumerate(orders):
-            for f, b in enumerate(orders):
-                if e != f:
-                    assert c[e][f] == pytest.approx(coherence(a, b, width, transform), abs=1e-12)
-        assert len(cache) == 10
-        assert coherence_matrix(orders, width, transform, cache) == c  # from the cache
 
 
 def test_coherence_switches_and_identity_bases():

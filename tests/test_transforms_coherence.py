@@ -76,3 +76,21 @@ def test_coherence_falls_towards_one_over_sqrt_n(n: int, transform: str) -> None
 def test_unknown_transform() -> None:
     with pytest.raises(ValueError, match="exact"):
         coherence(0, 1, 8, transform="ozaktas")  # type: ignore[arg-type]
+
+
+def test_coherence_known_values_and_matrix_against_pairwise_coherence():
+    n = 32
+    for transform in ("chirp", "exact"):
+        c = coherence_matrix([0.0, 1.0, 0.4, 0.4], n, transform)
+        assert c[0][1] == c[1][0] == pytest.approx(1 / math.sqrt(n), abs=1e-12)
+        assert c[2][3] == pytest.approx(1.0, abs=1e-12) and c[1][1] == 1.0
+    orders = [-0.7, 0.25, 1.5, 2.3, 0.9]  # outside [-1, 1] too (the reversal branch)
+    for transform, width in (("chirp", 32), ("exact", 32), ("exact", 15)):
+        cache: dict = {}
+        c = coherence_matrix(orders, width, transform, cache)
+        for e, a in enumerate(orders):
+            for f, b in enumerate(orders):
+                if e != f:
+                    assert c[e][f] == pytest.approx(coherence(a, b, width, transform), abs=1e-12)
+        assert len(cache) == 10
+        assert coherence_matrix(orders, width, transform, cache) == c  # from the cache

@@ -1,6 +1,6 @@
 """What the experts learned: orders, routing and decorrelation, as numbers, plots and a report."""
 
-from .decorrelation import coherence_matrix, decorrelation
+from .decorrelation import decorrelation
 from .modules import ModuleInfo, group_by_kind, module_info
 from .orders import order_statistics, read_order_log
 from .routing import RoutingRecorder
@@ -8,7 +8,6 @@ from .routing import RoutingRecorder
 __all__ = [
     "ModuleInfo",
     "RoutingRecorder",
-    "coherence_matrix",
     "decorrelation",
     "group_by_kind",
     "module_info",

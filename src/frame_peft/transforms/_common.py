@@ -103,6 +103,10 @@ def unit_phasor(phase: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
     ``remainder`` has gradient 1 almost everywhere, so the order still gets its gradient.
     """
     phase = torch.remainder(phase.to(torch.float64), TWO_PI)
+    if cdtype == torch.complex64:
+        # Once reduced to [0, 2π) a float32 phase is off by < 4e-7 rad, below complex64's own
+        # rounding, and float32 cos/sin are several times faster than float64 ones.
+        phase = phase.to(torch.float32)
     # cos/sin then complex: about 9x faster than torch.polar on CPU, same values.
     return torch.complex(torch.cos(phase), torch.sin(phase)).to(cdtype)
 

@@ -71,7 +71,7 @@ def _phasors(
     d_phase = (sign * math.pi) * torch.tan(phi / 2.0) * c2
     d = unit_phasor(d_phase, cdtype)
     k = unit_phasor((sign * math.pi) * torch.sin(phi) * f2, cdtype)
-    d_out = unit_phasor(d_phase - sign * phi / 2.0, cdtype)  # folds in e^{∓iφ/2}
+    d_out = d * unit_phasor(-sign * phi / 2.0, cdtype)  # folds in e^{∓iφ/2}: one per order
     return d, k, d_out
 
 
@@ -100,11 +100,15 @@ def _reverse(y: torch.Tensor, idx: torch.Tensor | None, e0: int, e1: int) -> tor
     return torch.gather(y, -1, idx[e0:e1].expand(y.shape))
 
 
-def _im_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``Im Σ conj(u)·v`` over a contiguous block, in float64 (``v`` may be real)."""
+def _im_dots(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``Im Σ conj(u_j)·v_j`` for each leading index j of ``(J, M, N)`` blocks, float64 (J,).
+
+    ``v`` may be real. One batched dot product for the whole block, not a loop over j.
+    """
+    u, v = u.reshape(u.shape[0], -1), v.reshape(v.shape[0], -1)
     if v.is_complex():
-        return torch.vdot(u.reshape(-1), v.reshape(-1)).imag.double()
-    return -torch.dot(u.imag.reshape(-1), v.reshape(-1)).double()
+        return torch.linalg.vecdot(u, v).imag.double()
+    return -torch.linalg.vecdot(u.imag, v).double()
 
 
 class _Surrogate(torch.autograd.Function):
@@ -120,10 +124,14 @@ class _Surrogate(torch.autograd.Function):
     where ``w2 = k ⊙ fft(d ⊙ z)`` (saved only when the order needs a gradient) and
     ``B2 = fft(conj(d_out) ⊙ h)``. The reversal drops out of the first sum because the chirp
     phases are even in the centered coordinate.
+
+    ``pack=True`` returns ``y`` as real ``(E, 2, M, N)`` (real parts, then imaginary parts) and
+    takes the gradient in that form, so callers that need ``[Re y; Im y]`` (FRAME's factors) get
+    it without separate real/imag/cat ops and their backward passes.
     """
 
     @staticmethod
-    def forward(ctx, z, a, sign, static_odd):
+    def forward(ctx, z, a, sign, static_odd, pack=False):
         e, m, n = z.shape
         cdtype = complex_dtype_for(z.dtype)
         a_red, odd = reduce_order(a.reshape(-1, 1, 1))
@@ -134,8 +142,12 @@ class _Surrogate(torch.autograd.Function):
         else:
             idx = _grid(n, z.device)[2].reshape(1, 1, n).expand(e, 1, n) if static_odd else None
         need_a = ctx.needs_input_grad[1]
-        out = torch.empty((e, m, n), dtype=cdtype, device=z.device)
-        w2_all = torch.empty_like(out) if need_a else None
+        if pack:
+            rdtype = torch.float64 if cdtype == torch.complex128 else torch.float32
+            out = torch.empty((e, 2, m, n), dtype=rdtype, device=z.device)
+        else:
+            out = torch.empty((e, m, n), dtype=cdtype, device=z.device)
+        w2_all = torch.empty((e, m, n), dtype=cdtype, device=z.device) if need_a else None
         for e0, e1, r0, r1 in _blocks(e, m, n):
             zb = z[e0:e1, r0:r1]
             w = torch.fft.fft(zb * d[e0:e1], dim=-1, norm="ortho")
@@ -144,8 +156,14 @@ class _Surrogate(torch.autograd.Function):
             else:
                 w.mul_(k[e0:e1])
             y = _reverse(torch.fft.ifft(w, dim=-1, norm="ortho"), idx, e0, e1)
-            torch.mul(y, d_out[e0:e1], out=out[e0:e1, r0:r1])
+            if pack:
+                y = y.mul_(d_out[e0:e1])
+                out[e0:e1, 0, r0:r1] = y.real
+                out[e0:e1, 1, r0:r1] = y.imag
+            else:
+                torch.mul(y, d_out[e0:e1], out=out[e0:e1, r0:r1])
         ctx.sign = sign
+        ctx.pack = pack
         ctx.need_a = need_a
         ctx.z_real = not z.is_complex()
         ctx.z_dtype = z.dtype
@@ -162,13 +180,13 @@ class _Surrogate(torch.autograd.Function):
             a, idx, d, k, d_out, z, out, w2_all = ctx.saved_tensors
         else:
             a, idx, d, k, d_out = ctx.saved_tensors
-        e, m, n = g.shape
+        e, m, n = g.shape[0], g.shape[-2], g.shape[-1]
         sign = ctx.sign
         need_z = ctx.needs_input_grad[0]
         a_red, _ = reduce_order(a.reshape(-1, 1, 1))
         d_c, k_c, dout_c = d.conj(), k.conj(), d_out.conj()
         g = g.contiguous()
-        rdtype = torch.float64 if g.dtype == torch.complex128 else torch.float32
+        rdtype = torch.float64 if g.dtype in (torch.complex128, torch.float64) else torch.float32
         grad_z = None
         if need_z:
             grad_z = torch.empty(
@@ -185,18 +203,15 @@ class _Surrogate(torch.autograd.Function):
             w_d = dd.to(rdtype)
             acc = torch.zeros(e, dtype=torch.float64, device=g.device)
         for e0, e1, r0, r1 in _blocks(e, m, n):
-            gb = g[e0:e1, r0:r1]
+            gb = _block(g, ctx.pack, e0, e1, r0, r1)
             b2 = torch.fft.fft(_reverse(gb, idx, e0, e1) * dout_c[e0:e1], dim=-1, norm="ortho")
             if ctx.need_a:
-                ob = out[e0:e1, r0:r1] * w_out[e0:e1]
+                ob = _block(out, ctx.pack, e0, e1, r0, r1) * w_out[e0:e1]
                 wb = w2_all[e0:e1, r0:r1] * w_k[e0:e1]
-                for j in range(e1 - e0):
-                    acc[e0 + j] += _im_dot(gb[j], ob[j]) + _im_dot(b2[j], wb[j])
+                acc[e0:e1] += _im_dots(gb, ob) + _im_dots(b2, wb)
             gz = torch.fft.ifft(b2.mul_(k_c[e0:e1]), dim=-1, norm="ortho").mul_(d_c[e0:e1])
             if ctx.need_a:
-                zb = z[e0:e1, r0:r1] * w_d[e0:e1]
-                for j in range(e1 - e0):
-                    acc[e0 + j] += _im_dot(gz[j], zb[j])
+                acc[e0:e1] += _im_dots(gz, z[e0:e1, r0:r1] * w_d[e0:e1])
             if need_z:
                 grad_z[e0:e1, r0:r1] = gz.real if ctx.z_real else gz
         grad_a = None
@@ -204,10 +219,24 @@ class _Surrogate(torch.autograd.Function):
             grad_a = (-_HALF_PI * acc).reshape(a.shape)
         if need_z and grad_z.dtype != ctx.z_dtype:
             grad_z = grad_z.to(ctx.z_dtype)
-        return grad_z, grad_a, None, None
+        return grad_z, grad_a, None, None, None
 
 
-def _apply(x: torch.Tensor, order: Order, dim: int, adjoint: bool) -> torch.Tensor:
+def _block(t: torch.Tensor, packed: bool, e0: int, e1: int, r0: int, r1: int) -> torch.Tensor:
+    """Rows ``[e0:e1, r0:r1]`` of ``t`` as complex (``t`` real ``(E, 2, M, N)`` if packed)."""
+    if packed:
+        return torch.complex(t[e0:e1, 0, r0:r1], t[e0:e1, 1, r0:r1])
+    return t[e0:e1, r0:r1]
+
+
+def _apply(
+    x: torch.Tensor,
+    order: Order,
+    dim: int,
+    adjoint: bool,
+    unit_orders: bool = False,
+    pack: bool = False,
+) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
     # Real float32/float64 inputs stay real into the kernel (the first chirp product makes them
@@ -224,12 +253,45 @@ def _apply(x: torch.Tensor, order: Order, dim: int, adjoint: bool) -> torch.Tens
     static_odd = None
     if not isinstance(order, torch.Tensor):
         static_odd = bool(round(float(order) / 2.0) % 2)
+    elif unit_orders:  # |a| <= 1 rounds to m = 0 (half to even at ±1): no reversal
+        _check_unit(a)
+        static_odd = False
     sign = 1.0 if adjoint else -1.0
-    y = _Surrogate.apply(z3, a.reshape(e), sign, static_odd)
+    y = _Surrogate.apply(z3, a.reshape(e), sign, static_odd, pack)
+    if pack:  # only for (G, M, N) rows on the last axis
+        return y.reshape(shape[0], 2 * shape[1], shape[2])
     return y.reshape(shape).movedim(-1, dim)
 
 
-def frft(x: torch.Tensor, order: Order, dim: int = -1) -> torch.Tensor:
+def _check_unit(a: torch.Tensor) -> None:
+    ok = (a.abs() <= 1.0).all()
+    if torch.compiler.is_compiling():
+        return
+    if a.device.type != "cpu":  # no host sync on accelerators
+        torch._assert_async(ok, "unit_orders=True needs every order in [-1, 1]")
+    elif not bool(ok):
+        raise ValueError(
+            f"unit_orders=True needs every order in [-1, 1], got {a.detach().tolist()}"
+        )
+
+
+def frft_rows_packed(
+    z: torch.Tensor, orders: torch.Tensor, *, unit_orders: bool = False
+) -> torch.Tensor:
+    """``U_{a_g}`` on the rows of real ``z`` (G, M, N), returned as real ``[Re; Im]`` (G, 2M, N).
+
+    Row ``m`` of block ``g`` gives output rows ``m`` (real part) and ``M + m`` (imaginary part).
+    ``orders`` has shape (G,), one per block. Same values and gradients as
+    ``torch.cat([y.real, y.imag], 1)`` of ``frft(z, orders, dim=-1)``, in fewer passes.
+    """
+    if z.dim() != 3 or z.is_complex():
+        raise ValueError(f"expected real rows of shape (G, M, N), got {z.dtype} {tuple(z.shape)}")
+    return _apply(z, orders, -1, adjoint=False, unit_orders=unit_orders, pack=True)
+
+
+def frft(
+    x: torch.Tensor, order: Order, dim: int = -1, *, unit_orders: bool = False
+) -> torch.Tensor:
     """Apply the surrogate ``U_a`` along ``dim``.
 
     Args:
@@ -237,12 +299,15 @@ def frft(x: torch.Tensor, order: Order, dim: int = -1) -> torch.Tensor:
         order: a number, a 0-d tensor, or a 1-d tensor of E orders, one per entry of the leading
             (expert) axis of ``x`` (then ``x.shape[0] == E`` and ``dim != 0``).
         dim: the transform axis.
+        unit_orders: declare that every order lies in [-1, 1] (FRAME's sigmoid orders do), so
+            no reversal is needed and a per-call index gather is skipped. Checked (a host sync
+            on CPU only; an asynchronous assert on accelerators).
 
     Returns:
         complex tensor of the same shape (complex64, or complex128 for 64-bit inputs).
         Differentiable with respect to ``x`` and ``order``.
     """
-    return _apply(x, order, dim, adjoint=False)
+    return _apply(x, order, dim, adjoint=False, unit_orders=unit_orders)
 
 
 def frft_adjoint(x: torch.Tensor, order: Order, dim: int = -1) -> torch.Tensor:

@@ -11,10 +11,14 @@ method:
 - ``active_parameters()``: adapter parameters used per token (k of E experts plus the router).
 - ``fp32_parameters`` / ``fp32_buffers``: names that stay float32 when the model is cast to
   bf16/fp16 (router weights, fractional orders, FlyLoRA's bias: rounding them changes the maths).
+- ``prepare_forward(adapters, scratch)`` (optional classmethod): work shared by all of a method's
+  layers, done once per training forward of the model before any layer runs; results go into
+  ``scratch`` (this forward's record) for the layers to pick up (FRAME: grouped transforms).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -71,6 +75,11 @@ class Adapter(nn.Module):
 
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def prepare_forward(cls, adapters: Sequence[Adapter], scratch: dict[str, Any]) -> None:
+        """Once per gradient-enabled forward of the model, before its layers run: work that
+        every enabled layer of this class shares goes into ``scratch``. Nothing by default."""
 
     def delta_weight(self) -> torch.Tensor:
         raise NotMergeableError(f"{type(self).__name__} at {self.name} has no fixed ΔW")

@@ -2,9 +2,10 @@
 
 ``inject`` swaps every target Linear / GPT-2 Conv1D for an :class:`AdaptedLinear`, freezes
 everything else, and registers one forward pre-hook on the model that opens a fresh routing
-record per forward and captures the call's ``attention_mask`` for the routing statistics. No model
-code is patched. Every check runs before the model is touched, so a failed ``inject`` leaves it
-unchanged; :func:`unload` undoes an injection exactly.
+record per forward, captures the call's ``attention_mask`` for the routing statistics and, when
+gradients are on, lets each method prepare what its layers share (:func:`prepare_layers`). No
+model code is patched. Every check runs before the model is touched, so a failed ``inject``
+leaves it unchanged; :func:`unload` undoes an injection exactly.
 """
 
 from __future__ import annotations
@@ -140,15 +141,38 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
         for p in layer.adapter.parameters():
             p.requires_grad_(True)
     inj = Injection(config, state, built, requires_grad)
-    inj.hook = model.register_forward_pre_hook(_make_pre_hook(state), with_kwargs=True)
+    inj.hook = model.register_forward_pre_hook(
+        _make_pre_hook(state, list(built.values())), with_kwargs=True
+    )
     setattr(model, STATE_ATTR, inj)
     return model
 
 
-def _make_pre_hook(state: RoutingState):
+def prepare_layers(layers: list[AdaptedLinear], scratch: dict) -> None:
+    """Call each adapter class's ``prepare_forward`` once with its enabled layers."""
+    by_class: dict[type, list[Adapter]] = {}
+    for layer in layers:
+        if layer.enabled:
+            by_class.setdefault(type(layer.adapter), []).append(layer.adapter)
+    for cls, adapters in by_class.items():
+        cls.prepare_forward(adapters, scratch)
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Hugging Face gradient checkpointing is on for some block of ``model``.
+
+    Shared per-forward work is skipped then: a reentrant recompute would backpropagate through
+    it once per block, so each layer computes its own (correct under both checkpoint modes).
+    """
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def _make_pre_hook(state: RoutingState, layers: list[AdaptedLinear]):
     def hook(module, args, kwargs):
         mask = kwargs.get("attention_mask")
         state.begin_forward(mask if isinstance(mask, torch.Tensor) else None)
+        if torch.is_grad_enabled() and not _checkpointing(module):
+            prepare_layers(layers, state.current.scratch)
 
     return hook
 

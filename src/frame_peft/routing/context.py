@@ -64,9 +64,13 @@ class AuxTerm:
 
 @dataclass
 class ForwardRecord:
+    """One forward of the model: its routing inputs, its aux losses and ``scratch``, where
+    :meth:`Adapter.prepare_forward` leaves work the layers of this forward share."""
+
     attention_mask: torch.Tensor | None = None
     task_ids: torch.Tensor | None = None
     terms: list[AuxTerm] = field(default_factory=list)
+    scratch: dict = field(default_factory=dict)
 
 
 class RoutingState:

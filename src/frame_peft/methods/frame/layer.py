@@ -12,8 +12,13 @@ each row) and ``B̃_e = T_{a_e}^H B_e`` (the r columns of B). Then
 ``ΔW_e x = Re(B̃_e) Re(Ã_e) x − Im(B̃_e) Im(Ã_e) x``: a real expert of rank 2r,
 ``A'_e = [Re Ã_e; Im Ã_e]`` (2r, d_in), ``B'_e = [Re B̃_e, −Im B̃_e]`` (d_out, 2r), run by the
 shared mixture kernel. The transforms cost O(E·r·d log d) per forward, independent of T.
-With gradients off (evaluation, generation) the transformed factors are cached and reused until a
-parameter changes, so decoding one token at a time does not redo them at every step.
+
+Two caches keep that cost low. In training, the model's forward pre-hook
+(:meth:`FrameAdapter.prepare_forward`) transforms the factors of *every* FRAME layer together in
+a few grouped calls (:mod:`.factors`) and each layer picks up its own. With gradients off
+(evaluation, generation) each layer caches its factors until a parameter changes, so decoding
+one token at a time does not redo them at every step. Both check that A, B and the orders are
+the same, unchanged tensors before reusing anything.
 
 At a = 0, T = I and the expert is a LoRA; with all orders fixed at 0 the transforms are skipped and
 FRAME is MoE-LoRA exactly. Orders are ``a_e = sigmoid(θ_e)`` (``order_logits``, float32 always).
@@ -21,6 +26,7 @@ FRAME is MoE-LoRA exactly. Orders are ``a_e = sigmoid(θ_e)`` (``order_logits``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,6 +36,9 @@ from ...core.mixture import LowRankMixture
 from ...routing import Routing, RoutingState, grouped_switch_loss, switch_loss
 from ...transforms import dfrft_matrix, frft, get_transform
 from .config import initial_orders
+from .factors import grouped_factors
+
+_SCRATCH_KEY = "frame_factors"
 
 
 class FrameAdapter(LowRankMixture):
@@ -67,23 +76,57 @@ class FrameAdapter(LowRankMixture):
         """Current orders (E,), float32."""
         return torch.sigmoid(self.order_logits) if self.learned else self.fixed_orders
 
+    @classmethod
+    def prepare_forward(cls, adapters: Sequence[FrameAdapter], scratch: dict[str, Any]) -> None:
+        """Transform the factors of all ``adapters`` together (one call per row group).
+
+        Layers whose parameters are not whole tensors here (FSDP2 DTensor shards, DeepSpeed
+        ZeRO-3 partitions) or whose orders are all zero are left to compute their own.
+        """
+        ready = [ad for ad in adapters if ad._groupable()]
+        if len(ready) > 1:
+            factors = grouped_factors(ready)
+            scratch[_SCRATCH_KEY] = {ad.name: (ad._param_key(), factors[ad.name]) for ad in ready}
+
+    def _groupable(self) -> bool:
+        params = (self.A, self.B) + ((self.order_logits,) if self.learned else ())
+        e, r = self.num_experts, self.rank
+        return (
+            not self.identity_orders
+            and all(type(p.data) is torch.Tensor for p in params)
+            and self.A.shape == (e, r, self.in_features)
+            and self.B.shape == (e, self.out_features, r)
+        )
+
+    def _param_key(self) -> tuple:
+        """Identifies the current values of A, B and the orders: an optimizer step,
+        load_state_dict or .to() changes a version, pointer or device."""
+        return tuple(
+            (t.data_ptr(), t._version, t.device, t.dtype)
+            for t in (self.A, self.B, self.order_logits if self.learned else self.fixed_orders)
+        )
+
     def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.identity_orders:
             return self.A, self.B
         if torch.is_grad_enabled():
             self._factor_cache = None
+            prepared = self.state.current.scratch.get(_SCRATCH_KEY, {}).get(self.name)
+            if prepared is not None and prepared[0] == self._param_key():
+                return prepared[1]
             return self._transformed_factors()
-        # Inference: reuse the factors while A, B and the orders are the same tensors, unchanged
-        # (an optimizer step, load_state_dict or .to() changes the version, pointer or device).
-        key = tuple(
-            (t.data_ptr(), t._version, t.device, t.dtype)
-            for t in (self.A, self.B, self.order_logits if self.learned else self.fixed_orders)
-        )
+        # Inference: reuse the factors while A, B and the orders are unchanged.
+        key = self._param_key()
         if self._factor_cache is None or self._factor_cache[0] != key:
             self._factor_cache = (key, self._transformed_factors())
         return self._factor_cache[1]
 
     def _transformed_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's factors, uncached (the grouped path with one layer)."""
+        return grouped_factors([self])[self.name]
+
+    def reference_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain path (tests): the forward transform on A's rows, the adjoint on B's columns."""
         a = self.orders()
         a_t = self._forward_t(self.A, a, dim=-1)  # (E, r, d_in): rows of A times T_a
         b_t = self._adjoint_t(self.B, a, dim=-2)  # (E, d_out, r): T_a^H on the columns of B

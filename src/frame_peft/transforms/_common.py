@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .._checks import check_all
+
 Order = float | int | torch.Tensor
 
 TWO_PI = 2.0 * math.pi
@@ -61,13 +63,9 @@ def prepare_order(order: Order, x: torch.Tensor, dim: int) -> tuple[torch.Tensor
             raise ValueError(
                 f"order must be a scalar or a 1-d tensor, got shape {tuple(order.shape)}"
             )
-        if torch.compiler.is_compiling():
-            pass  # eager calls check; a host-side check here would break the compiled graph
-        elif order.device.type == "cpu":
-            if not bool(torch.isfinite(order).all()):
-                raise ValueError(f"order must be finite, got {order.detach().tolist()}")
-        else:  # no host sync on accelerators: the check runs asynchronously
-            torch._assert_async(torch.isfinite(order).all(), "order must be finite")
+        check_all(
+            torch.isfinite(order), lambda: f"order must be finite, got {order.detach().tolist()}"
+        )
         a = order.to(device=x.device, dtype=torch.float64)
     else:
         a_f = float(order)

@@ -36,6 +36,7 @@ from functools import lru_cache
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._checks import check_all
 from ._common import (
     Order,
     as_complex,
@@ -254,25 +255,13 @@ def _apply(
     if not isinstance(order, torch.Tensor):
         static_odd = bool(round(float(order) / 2.0) % 2)
     elif unit_orders:  # |a| <= 1 rounds to m = 0 (half to even at ±1): no reversal
-        _check_unit(a)
+        check_all(a.abs() <= 1.0, "unit_orders=True needs every order in [-1, 1]")
         static_odd = False
     sign = 1.0 if adjoint else -1.0
     y = _Surrogate.apply(z3, a.reshape(e), sign, static_odd, pack)
     if pack:  # only for (G, M, N) rows on the last axis
         return y.reshape(shape[0], 2 * shape[1], shape[2])
     return y.reshape(shape).movedim(-1, dim)
-
-
-def _check_unit(a: torch.Tensor) -> None:
-    ok = (a.abs() <= 1.0).all()
-    if torch.compiler.is_compiling():
-        return
-    if a.device.type != "cpu":  # no host sync on accelerators
-        torch._assert_async(ok, "unit_orders=True needs every order in [-1, 1]")
-    elif not bool(ok):
-        raise ValueError(
-            f"unit_orders=True needs every order in [-1, 1], got {a.detach().tolist()}"
-        )
 
 
 def frft_rows_packed(

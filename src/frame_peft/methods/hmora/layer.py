@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..._checks import check_all
 from ...core.adapter import Adapter, NotMergeableError
 from ...core.mixture import init_lora_factors, packed_mixture
 from ...routing import Router, Routing, RoutingState
@@ -139,11 +140,13 @@ class HMoRAAdapter(Adapter):
                 f"{self.name}: got {ids.shape[0]} task ids for a batch of {num_seqs} sequences"
             )
         bad = (ids < 0) | (ids >= self.num_tasks)
-        if bool(bad.any()):
-            raise ValueError(
+        check_all(
+            ~bad,
+            lambda: (
                 f"{self.name}: task ids {ids[bad].tolist()} are out of range for "
                 f"num_tasks={self.num_tasks} (valid ids: 0..{self.num_tasks - 1})"
-            )
+            ),
+        )
         return ids
 
     def _causal_pool(

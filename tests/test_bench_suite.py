@@ -1,4 +1,5 @@
-"""The issue-7 benchmark scripts at --quick: e2e training steps, width scaling, decoding."""
+"""The issue-7 benchmark scripts at --quick: e2e training steps, width scaling, decoding, and the
+profile of one FRAME step."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_decode
 import bench_e2e
 import bench_scaling
+import profile_step
 from _lm import LINEARS, build_method, match_model_budgets, tiny_llama
 from frame_peft.peft_bridge import count_parameters
 
@@ -113,3 +115,15 @@ def test_decode_quick_writes_page_and_json(tmp_path):
     assert layer["max_diff"] < 1e-5  # cached and recomputed factors give the same output
     assert set(data["generate"]["tokens_per_s"]) == {"base", "frame_cached", "frame_recomputed"}
     assert "## generate" in out.read_text()
+
+
+def test_profile_step_quick_writes_page_and_json(tmp_path):
+    out = tmp_path / "profile.md"
+    profile_step.main(["--quick", "--repeats", "2", "--rows", "5", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(data["steps"]) == {"moe_lora", "frame_chirp"}
+    assert all(len(v) == 2 and min(v) > 0 for v in data["steps"].values())
+    assert all(len(v) == 2 and min(v) > 0 for v in data["transforms"].values())
+    assert len(data["profile"]) == 5 and data["profile"][0]["self_ms"] > 0
+    assert data["num_layers"] == 2 * len(LINEARS)
+    assert "## Top operators" in out.read_text()

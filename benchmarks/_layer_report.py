@@ -274,7 +274,8 @@ def git_state(root: Path) -> str:
         ).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "src", "benchmarks")
+    # Results pages written by earlier runs are not code: they do not make the tree dirty.
+    dirty = git("status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/results")
     return head + (" with uncommitted changes under src/ or benchmarks/" if dirty else "")
 
 

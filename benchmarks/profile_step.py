@@ -3,7 +3,9 @@
 FRAME (E = 8, k = 2, r = 4, chirp) and MoE-LoRA on all seven Linears of every block, the step of
 ``bench_e2e`` (forward with labels + aux loss, backward, optimizer step), one thread:
 
-1. **Step time**: FRAME and MoE-LoRA alternately, medians of ``--repeats``.
+1. **Step time**: FRAME and MoE-LoRA alternately, medians of ``--repeats``, and an ablation:
+   FRAME with its factors fixed (the same rank-2r real factors as leaves that get gradients, no
+   transforms), which splits FRAME's extra time into the rank-2r mixture and the transforms.
 2. **The factor transforms alone**, forward + backward against fixed random output gradients:
    *grouped* (``grouped_factors`` over all layers: what a training forward runs) and *per layer*
    with ``reference_factors`` (forward transform on A, adjoint on B, two calls per layer: the
@@ -38,6 +40,19 @@ from frame_peft.methods.frame.factors import grouped_factors
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "profile.md"
 QUICK_OUT = Path(tempfile.gettempdir()) / "frame-peft-bench" / "profile.md"
+
+
+def fix_factors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Ablation: every FRAME layer returns fixed copies of its current factors (leaves that
+    get gradients) instead of transforming; returns the leaves, whose grads the caller clears."""
+    leaves = []
+    for layer in fp.adapted_layers(model).values():
+        ad = layer.adapter
+        a, b = (t.detach().clone().requires_grad_() for t in ad.reference_factors())
+        ad.expert_factors = lambda a=a, b=b: (a, b)  # instance attributes shadow the methods
+        ad._groupable = lambda: False
+        leaves += [a, b]
+    return leaves
 
 
 def time_transforms(model: torch.nn.Module, repeats: int) -> dict[str, list[float]]:
@@ -98,11 +113,17 @@ def render(res: dict) -> str:
         "",
         "## Step time (median ms)",
         "",
-        "| MoE-LoRA | FRAME | FRAME / MoE-LoRA | FRAME − MoE-LoRA |",
-        "|---|---|---|---|",
+        "| MoE-LoRA | FRAME | FRAME / MoE-LoRA | FRAME − MoE-LoRA | FRAME, factors fixed "
+        "(no transforms) |",
+        "|---|---|---|---|---|",
         f"| {steps['moe_lora']:.0f} | {steps['frame_chirp']:.0f} | "
         f"{steps['frame_chirp'] / steps['moe_lora']:.3f} | "
-        f"{steps['frame_chirp'] - steps['moe_lora']:.0f} |",
+        f"{steps['frame_chirp'] - steps['moe_lora']:.0f} | {steps['frame_fixed']:.0f} |",
+        "",
+        "Of FRAME's extra time over MoE-LoRA, the rank-2r mixture (real and imaginary parts) "
+        f"accounts for about {steps['frame_fixed'] - steps['moe_lora']:.0f} ms "
+        "(factors fixed − MoE-LoRA) and the transforms with their backward for about "
+        f"{steps['frame_chirp'] - steps['frame_fixed']:.0f} ms (FRAME − factors fixed).",
         "",
         "## FRAME's factor transforms alone, forward + backward (median ms per step)",
         "",
@@ -145,12 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     base, description = load_model(args.quick)
     batch = make_batch(base.config.vocab_size, args.batch, args.seq_len)
     runners = {m: Runner(build_method(base, m, None), m) for m in ("moe_lora", "frame_chirp")}
+    runners["frame_fixed"] = Runner(build_method(base, "frame_chirp", None), "frame_fixed")
+    leaves = fix_factors(runners["frame_fixed"].model)
     steps: dict[str, list[float]] = {m: [] for m in runners}
-    for r in runners.values():
-        r.step(batch), r.step(batch)
-    for _ in range(args.repeats):
+    for _ in range(2 + args.repeats):  # two warm-up rounds
         for m, r in runners.items():
             steps[m].append(r.step(batch)[2])
+            for leaf in leaves:
+                leaf.grad = None
+    steps = {m: v[2:] for m, v in steps.items()}
     frame = runners["frame_chirp"].model
     res = {
         "command": command_line("profile_step.py", argv), "model": description,

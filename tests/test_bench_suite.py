@@ -121,7 +121,7 @@ def test_profile_step_quick_writes_page_and_json(tmp_path):
     out = tmp_path / "profile.md"
     profile_step.main(["--quick", "--repeats", "2", "--rows", "5", "--out", str(out)])
     data = json.loads(out.with_suffix(".json").read_text())
-    assert set(data["steps"]) == {"moe_lora", "frame_chirp"}
+    assert set(data["steps"]) == {"moe_lora", "frame_chirp", "frame_fixed"}
     assert all(len(v) == 2 and min(v) > 0 for v in data["steps"].values())
     assert all(len(v) == 2 and min(v) > 0 for v in data["transforms"].values())
     assert len(data["profile"]) == 5 and data["profile"][0]["self_ms"] > 0

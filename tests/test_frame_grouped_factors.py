@@ -145,3 +145,25 @@ def test_no_shared_pass_without_gradients():
     with torch.no_grad():
         model(**_batch())
     assert fp.core.inject.require_injection(model).state.current.scratch == {}
+
+
+def test_user_checkpointing_without_the_hf_flag_reuses_the_prepared_factors():
+    """Blocks wrapped in non-reentrant torch.utils.checkpoint by hand: the grouped pass still runs
+    (no HF flag), the recompute picks up the same prepared factors, gradients are unchanged."""
+    from torch.utils.checkpoint import checkpoint
+
+    batch = _batch()
+    model = _frame()
+    model(**batch).loss.backward()
+    ref = _grads(model)
+
+    model = _frame()
+    for block in model.model.layers:
+        inner = block.forward
+        block.forward = lambda *a, _f=inner, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+    model(**batch).loss.backward()
+    assert "frame_factors" in fp.core.inject.require_injection(model).state.current.scratch
+    got = _grads(model)
+    assert got.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-7, msg=name)

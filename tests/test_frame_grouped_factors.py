@@ -3,6 +3,8 @@ equals the plain per-layer path (forward transform on A, adjoint on B) in values
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -167,3 +169,23 @@ def test_user_checkpointing_without_the_hf_flag_reuses_the_prepared_factors():
     assert got.keys() == ref.keys()
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_half_precision_rows_stay_real_and_match_float32():
+    """bf16 factors are upcast to float32 real rows (never to complex, whose gradient the packed
+    kernel could not return); values and gradients match the float32 computation."""
+    torch.manual_seed(0)
+    z32 = torch.randn(3, 2, 16, requires_grad=True)
+    z16 = z32.detach().bfloat16().requires_grad_()
+    a = torch.rand(3)
+    g = torch.randn(3, 4, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "casting complex values to real"
+        y16 = frft_rows_packed(z16, a)
+        y16.backward(g)
+    z_ref = z16.detach().float().requires_grad_()
+    y32 = frft_rows_packed(z_ref, a)
+    y32.backward(g)
+    torch.testing.assert_close(y16, y32, rtol=0, atol=0)
+    assert z16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(z16.grad, z_ref.grad.bfloat16(), rtol=0, atol=0)

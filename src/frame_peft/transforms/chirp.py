@@ -240,9 +240,15 @@ def _apply(
 ) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-    # Real float32/float64 inputs stay real into the kernel (the first chirp product makes them
-    # complex); half-precision and complex inputs are converted to the compute dtype here.
-    z = x if x.dtype in (torch.float32, torch.float64) else as_complex(x)
+    # Real inputs stay real into the kernel (the first chirp product makes them complex); half
+    # precision is upcast to float32 (CPU FFTs refuse it), other dtypes are validated and made
+    # complex here.
+    if x.dtype in (torch.float32, torch.float64):
+        z = x
+    elif x.dtype in (torch.float16, torch.bfloat16):
+        z = x.float()
+    else:
+        z = as_complex(x)
     n = z.shape[dim]
     check_length(n)
     a, oshape = prepare_order(order, z, dim)

@@ -18,6 +18,15 @@ from pathlib import Path
 import torch
 
 
+def write_results(out: Path, page: str, res: dict) -> Path:
+    """Write a results page to ``out`` and its data beside it (``.json``); return the JSON path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    data = out.with_suffix(".json")
+    data.write_text(json.dumps(res, indent=1))
+    return data
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _common import command_line, int_list, machine_info, quartiles, wants_quick
+from _common import command_line, int_list, machine_info, quartiles, wants_quick, write_results
 from _layer_methods import METHODS, build
 from _layer_report import git_state
 from _lm import build_method, load_model
@@ -230,10 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         "elapsed": time.perf_counter() - started,
     }  # fmt: skip
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(res))
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    print(f"wrote {out} and {write_results(out, render(res), res)}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from _common import (
     rss_mb,
     run_memory_worker,
     wants_quick,
+    write_results,
 )
 from _layer_methods import METHODS
 from _layer_report import FRAME_VS_MOE, FRAME_VS_PEFT_LORA, LORA_VS_PEFT, git_state
@@ -278,10 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     if out is None:
         print(render(res))
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(res))
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    log(f"wrote {out} and {out.with_suffix('.json')}")
+    log(f"wrote {out} and {write_results(out, render(res), res)}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from _common import command_line, int_list, machine_info, quartiles, wants_quick
+from _common import command_line, int_list, machine_info, quartiles, wants_quick, write_results
 from _layer_methods import match_budgets
 from _layer_report import git_state
 from bench_layers import build_all, inputs, time_methods
@@ -203,10 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         "fit_from": args.fit_from,
         "elapsed": time.perf_counter() - started,
     }  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(res))
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    log(f"wrote {out}, {out.with_suffix('.json')} and {png}")
+    log(f"wrote {out}, {write_results(out, render(res), res)} and {png}")
 
 
 if __name__ == "__main__":

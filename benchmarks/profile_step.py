@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 import frame_peft as fp
-from _common import command_line, machine_info, quartiles
+from _common import command_line, machine_info, quartiles, write_results
 from _layer_report import git_state
 from _lm import build_method, load_model
 from bench_e2e import Runner, make_batch
@@ -186,10 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     res["elapsed"] = time.perf_counter() - started
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(res))
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    print(render(res))
+    page = render(res)
+    write_results(out, page, res)
+    print(page)
 
 
 if __name__ == "__main__":

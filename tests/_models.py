@@ -63,6 +63,11 @@ def mlp(seed: int = 0, width: int = 16) -> nn.Module:
     return nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)).eval()
 
 
+def param_grads(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every parameter gradient of ``module`` that is set, by name."""
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
 def single_linear(d_in: int = 64, d_out: int = 32, seed: int = 0) -> nn.Module:
     """One ``nn.Linear`` in a Sequential: the adapter target is named ``"0"``."""
     torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import torch
 
 import frame_peft as fp
 from _adapters import CONFIGS
-from _models import TARGETS, VOCAB, mlp, tiny_llama
+from _models import TARGETS, VOCAB, mlp, param_grads, tiny_llama
 from frame_peft.analysis.routing import RoutingRecorder
 
 
@@ -128,8 +128,7 @@ def test_every_mixture_method_is_recorded_without_changing_outputs_or_gradients(
         with fp.routing_context(task_ids=torch.tensor([0, 1])):
             out = model(input_ids=ids, attention_mask=mask).logits
         (out.square().mean() + fp.aux_loss(model)).backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                              if p.grad is not None}  # fmt: skip
+        return out.detach(), param_grads(model)
 
     plain, plain_grads = run()
     with RoutingRecorder(model, ["a", "b"]) as rec:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import frame_peft as fp
-from _models import single_linear
+from _models import param_grads, single_linear
 
 
 def _frame_layer(seed: int = 0) -> nn.Module:
@@ -24,7 +24,7 @@ def _frame_layer(seed: int = 0) -> nn.Module:
 def _grads(layer: nn.Module, out: torch.Tensor) -> dict[str, torch.Tensor]:
     layer.zero_grad(set_to_none=True)
     out.square().sum().backward()
-    return {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    return param_grads(layer)
 
 
 def test_frame_layer_compiles_without_graph_breaks_and_matches_eager():

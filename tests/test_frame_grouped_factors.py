@@ -10,20 +10,18 @@ import torch
 
 import frame_peft as fp
 import frame_peft.methods.frame.factors as factors_mod
-from _models import VOCAB, tiny_llama
+from _adapters import CONFIGS
+from _models import VOCAB, param_grads, tiny_llama
 from frame_peft.methods.frame.layer import FrameAdapter
 from frame_peft.transforms import frft
 from frame_peft.transforms.chirp import frft_rows_packed
 
 
-def _frame(transform: str = "chirp", **kwargs) -> torch.nn.Module:
+def _frame(transform: str = "chirp") -> torch.nn.Module:
+    """Tiny Llama with the test matrix's FRAME config (E=4, k=2, r=2) on every Linear."""
     model = tiny_llama()
-    config = fp.FrameConfig(
-        target_modules="all-linear", num_experts=4, top_k=2, rank=2, dropout=0.0,
-        transform=transform, **kwargs,
-    )  # fmt: skip
     torch.manual_seed(1)
-    fp.inject(model, config)
+    fp.inject(model, CONFIGS["frame" if transform == "chirp" else "frame-exact"]("all-linear"))
     with torch.no_grad():
         for layer in fp.adapted_layers(model).values():
             layer.adapter.B.normal_(0.0, 0.2)
@@ -37,10 +35,6 @@ def _adapters(model) -> list[FrameAdapter]:
 def _batch() -> dict[str, torch.Tensor]:
     ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
     return {"input_ids": ids, "labels": ids}
-
-
-def _grads(model) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_packed_rows_equal_real_and_imaginary_parts_of_frft():
@@ -98,14 +92,14 @@ def test_model_forward_prepares_every_layer_and_matches_the_per_layer_path(monke
     scratch = fp.core.inject.require_injection(model).state.current.scratch
     assert set(scratch["frame_factors"]) == {ad.name for ad in _adapters(model)}
     loss.backward()
-    grouped = _grads(model)
+    grouped = param_grads(model)
     model.zero_grad(set_to_none=True)
 
     monkeypatch.setattr(FrameAdapter, "prepare_forward", classmethod(lambda cls, a, s: None))
     ref_loss = model(**batch).loss + fp.aux_loss(model)
     assert "frame_factors" not in fp.core.inject.require_injection(model).state.current.scratch
     ref_loss.backward()
-    ref = _grads(model)
+    ref = param_grads(model)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert grouped.keys() == ref.keys() and any("order_logits" in n for n in ref)
     for name in ref:
@@ -129,14 +123,14 @@ def test_gradient_checkpointing_skips_the_shared_pass_and_keeps_gradients(reentr
     batch = _batch()
     model = _frame()
     model(**batch).loss.backward()
-    ref = _grads(model)
+    ref = param_grads(model)
 
     model = _frame()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.enable_input_require_grads()
     model(**batch).loss.backward()
     assert "frame_factors" not in fp.core.inject.require_injection(model).state.current.scratch
-    got = _grads(model)
+    got = param_grads(model)
     assert got.keys() == ref.keys()
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -157,7 +151,7 @@ def test_user_checkpointing_without_the_hf_flag_reuses_the_prepared_factors():
     batch = _batch()
     model = _frame()
     model(**batch).loss.backward()
-    ref = _grads(model)
+    ref = param_grads(model)
 
     model = _frame()
     for block in model.model.layers:
@@ -165,7 +159,7 @@ def test_user_checkpointing_without_the_hf_flag_reuses_the_prepared_factors():
         block.forward = lambda *a, _f=inner, **k: checkpoint(_f, *a, use_reentrant=False, **k)
     model(**batch).loss.backward()
     assert "frame_factors" in fp.core.inject.require_injection(model).state.current.scratch
-    got = _grads(model)
+    got = param_grads(model)
     assert got.keys() == ref.keys()
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -7,7 +7,7 @@ import torch
 
 import frame_peft as fp
 from _adapters import CONFIGS, perturb
-from _models import MODELS, TARGETS, VOCAB, tiny_llama
+from _models import MODELS, TARGETS, VOCAB, param_grads, tiny_llama
 from frame_peft.routing import (
     Routing,
     RoutingState,
@@ -131,9 +131,6 @@ def test_gradient_accumulation_matches_full_batch():
     ids_a = torch.cat([ids_a, torch.zeros(2, 3, dtype=torch.long)], dim=1)
     mask_a = torch.cat([mask_a, torch.zeros(2, 3, dtype=torch.long)], dim=1)
 
-    def grads(model):
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
     acc = _frame_llama()
     for ids, mask in ((ids_a, mask_a), (ids_b, mask_b)):
         acc(input_ids=ids, attention_mask=mask)
@@ -141,7 +138,7 @@ def test_gradient_accumulation_matches_full_batch():
     full = _frame_llama()
     full(input_ids=torch.cat([ids_a, ids_b]), attention_mask=torch.cat([mask_a, mask_b]))
     fp.aux_loss(full).backward()
-    g_acc, g_full = grads(acc), grads(full)
+    g_acc, g_full = param_grads(acc), param_grads(full)
     assert g_acc.keys() == g_full.keys() and any("router" in k for k in g_acc)
     for k in g_full:
         torch.testing.assert_close(g_acc[k], g_full[k], rtol=1e-4, atol=1e-8)

@@ -2,13 +2,13 @@
 
 FRAME transforms its factors (``Ã = A·T_a``, ``B̃ = T_a^H·B``) once per forward, at a cost
 independent of the number of tokens; in one-token decoding that cost is paid per token. With
-gradients off, ``FrameAdapter.expert_factors`` caches the transformed factors until a parameter
+gradients off, ``FrameAdapter._moving_factors`` caches the transformed factors until a parameter
 changes (``src/frame_peft/methods/frame/layer.py``). Measured:
 
 1. One FRAME layer (``--dims``, default d = 576 (SmolLM2) and 4096; E = 8, k = 2, r = 4, chirp),
    one-token forwards ``x`` (1, 1, d): the frozen base, MoE-LoRA, FRAME *cached*
    (``torch.no_grad()``), FRAME *recomputed* (``no_grad`` with the cache bypassed: each adapter's
-   ``expert_factors`` replaced by its uncached ``_transformed_factors``, the only difference from
+   ``_moving_factors`` replaced by its uncached ``_transformed_factors``, the only difference from
    *cached*) and FRAME under ``torch.enable_grad()`` with an ``x`` that does not require grad (the
    path of a model left in grad mode: factors recomputed and the autograd graph recorded). Each
    time is the mean of ``--inner`` calls; rounds interleaved; medians and IQRs.
@@ -51,12 +51,12 @@ def factor_cache_bypassed(model: nn.Module) -> Iterator[None]:
     """Inside the block every FRAME adapter of ``model`` recomputes its factors on each call."""
     adapters = [m for m in model.modules() if isinstance(m, FrameAdapter)]
     for a in adapters:
-        a.expert_factors = a._transformed_factors  # instance attribute shadows the method
+        a._moving_factors = a._transformed_factors  # instance attribute shadows the method
     try:
         yield
     finally:
         for a in adapters:
-            del a.expert_factors
+            del a._moving_factors
             a._factor_cache = None
 
 

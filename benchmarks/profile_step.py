@@ -48,7 +48,7 @@ def fix_factors(model: torch.nn.Module) -> list[torch.Tensor]:
     for layer in fp.adapted_layers(model).values():
         ad = layer.adapter
         a, b = (t.detach().clone().requires_grad_() for t in ad.reference_factors())
-        ad.expert_factors = lambda a=a, b=b: (a, b)  # instance attributes shadow the methods
+        ad._moving_factors = lambda a=a, b=b: (a, b)  # instance attributes shadow the methods
         ad._groupable = lambda: False
         leaves += [a, b]
     return leaves

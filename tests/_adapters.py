@@ -50,17 +50,27 @@ TRAINABLE: dict[str, set[str]] = {
 }
 
 # Persistent buffers (saved with the adapter, never trained).
-BUFFERS: dict[str, set[str]] = {"fouriermoe": {"positions"}, "flylora": {"A", "rank_bias"}}
+BUFFERS: dict[str, set[str]] = {
+    "fouriermoe": {"positions"},
+    "flylora": {"A", "rank_bias"},
+    "frame": {"order_pins"},
+    "frame-exact": {"order_pins"},
+}
 
 # Buffers that training never changes (FlyLoRA's bias b moves by its sign rule, A never does).
-FROZEN: dict[str, set[str]] = {"fouriermoe": {"positions"}, "flylora": {"A"}}
+FROZEN: dict[str, set[str]] = {
+    "fouriermoe": {"positions"},
+    "flylora": {"A"},
+    "frame": {"order_pins"},
+    "frame-exact": {"order_pins"},
+}
 
 # Floating tensors that stay float32 when the model is cast to bf16 (all others follow the model).
 FP32: dict[str, set[str]] = {
     "lora": set(),
     "moe-lora": {"router.weight"},
-    "frame": {"router.weight", "order_logits"},
-    "frame-exact": {"router.weight", "order_logits"},
+    "frame": {"router.weight", "order_logits", "order_pins"},
+    "frame-exact": {"router.weight", "order_logits", "order_pins"},
     "fouriermoe": {"router.weight", "freq_router.weight"},
     "hydralora": {"router.weight"},
     "hmora": _HMORA_ROUTING,

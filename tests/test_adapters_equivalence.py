@@ -72,7 +72,7 @@ def test_frame_with_orders_fixed_at_zero_is_moe_lora(model_name):
         ref = moe(**_inputs()).logits
         assert torch.equal(frame(**_inputs()).logits, ref)  # identity shortcut: exact
         for adapter in _adapters(frame).values():  # the transform path at a = 0, too
-            adapter.identity_orders = False
+            adapter.spatial_shortcut = False
         torch.testing.assert_close(frame(**_inputs()).logits, ref, rtol=1e-5, atol=1e-5)
 
 

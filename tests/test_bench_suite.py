@@ -102,7 +102,7 @@ def test_decode_cache_bypass_recomputes_and_restores():
         assert len(calls) == 3  # bypassed: every forward
         model(ids)
     assert len(calls) == 4  # cache back on, refilled once (the bypass cleared it)
-    assert "expert_factors" not in frame.__dict__
+    assert "_moving_factors" not in frame.__dict__
 
 
 def test_decode_quick_writes_page_and_json(tmp_path):

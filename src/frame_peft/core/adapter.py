@@ -11,6 +11,8 @@ method:
 - ``active_parameters()``: adapter parameters used per token (k of E experts plus the router).
 - ``fp32_parameters`` / ``fp32_buffers``: names that stay float32 when the model is cast to
   bf16/fp16 (router weights, fractional orders, FlyLoRA's bias: rounding them changes the maths).
+- ``optional_state``: state-dict keys that files written by earlier versions lack (e.g. FRAME's
+  ``order_pins``); loading such a file keeps their initial value.
 - ``prepare_forward(adapters, scratch)`` (optional classmethod): work shared by all of a method's
   layers, done once per training forward of the model before any layer runs; results go into
   ``scratch`` (this forward's record) for the layers to pick up (FRAME: grouped transforms).
@@ -57,6 +59,7 @@ class Adapter(nn.Module):
 
     fp32_parameters: ClassVar[tuple[str, ...]] = ()
     fp32_buffers: ClassVar[tuple[str, ...]] = ()
+    optional_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -41,6 +41,21 @@ def packed_mixture(
     return h @ b.permute(1, 0, 2).reshape(b.shape[1], num_experts * rank).T
 
 
+def slotted_mixture(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, gates: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
+    """``Σ_s gates[:, slots[s]] · b[:, s] a[s]ᵀ x``: the packed mixture when experts have
+    different ranks (FRAME experts held at order 0 use rank r, the others 2r).
+
+    Shapes: x (T, d_in), a (S, d_in), b (d_out, S), gates (T, E), slots (S,) the expert of each
+    of the S rank-one slots -> (T, d_out). With ``slots = arange(E).repeat_interleave(R)`` it is
+    :func:`packed_mixture`.
+    """
+    h = x @ a.T
+    h = h * gates.index_select(1, slots).to(h.dtype)
+    return h @ b.T
+
+
 def init_lora_factors(a: torch.Tensor, b: torch.Tensor) -> None:
     """A Kaiming-uniform (as PEFT and torch's Linear: a=√5) per expert, B zero."""
     with torch.no_grad():
@@ -78,6 +93,13 @@ class LowRankMixture(Adapter):
         """Effective ``(A, B)``: (E, R, d_in) and (E, d_out, R). Plain MoE-LoRA: the parameters."""
         return self.A, self.B
 
+    def mixture_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What the forward multiplies: ``(A, B, None)`` as :meth:`expert_factors` gives them, or
+        flat ``(A (S, d_in), B (d_out, S), slots (S,))`` for :func:`slotted_mixture` when the
+        experts' ranks differ. Same maths either way."""
+        a, b = self.expert_factors()
+        return a, b, None
+
     def balance_loss(self, routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:
         return switch_loss(routing, mask)
 
@@ -100,9 +122,13 @@ class LowRankMixture(Adapter):
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         routing = self.route(route_x)
-        a, b = self.expert_factors()
+        a, b, slots = self.mixture_factors()
         xf = x.reshape(-1, self.in_features)
-        out = packed_mixture(xf, a.to(x.dtype), b.to(x.dtype), routing.gates)
+        a, b = a.to(x.dtype), b.to(x.dtype)
+        if slots is None:
+            out = packed_mixture(xf, a, b, routing.gates)
+        else:
+            out = slotted_mixture(xf, a, b, routing.gates, slots)
         return (self.scale * out).reshape(*lead, self.out_features)
 
     def reference_forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:

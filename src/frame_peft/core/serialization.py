@@ -36,6 +36,20 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def with_optional_state(
+    model: nn.Module, tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``tensors`` plus, for every adapter tensor an earlier version did not save (the adapter's
+    ``optional_state``), the model's current value of it."""
+    out = dict(tensors)
+    for name, layer in require_injection(model).layers.items():
+        state = layer.adapter.state_dict()
+        for key in getattr(layer.adapter, "optional_state", ()):
+            if key in state:
+                out.setdefault(f"{name}.{key}", state[key])
+    return out
+
+
 def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the model's adapter to the directory ``path`` (created if needed); return it."""
     from .. import __version__
@@ -107,7 +121,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     layers = require_injection(model).layers
-    remaining = dict(tensors)
+    remaining = with_optional_state(model, tensors)
     staged = []
     for name, layer in layers.items():
         for key, current in layer.adapter.state_dict().items():

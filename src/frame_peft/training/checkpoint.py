@@ -34,7 +34,12 @@ import torch
 from torch import nn
 
 from ..core.inject import find_injection
-from ..core.serialization import adapter_state_dict, read_adapter, save_adapter
+from ..core.serialization import (
+    adapter_state_dict,
+    read_adapter,
+    save_adapter,
+    with_optional_state,
+)
 from ..peft_bridge import is_peft_model
 from .distributed import DistEnv, full_tensors, is_dtensor, unwrap
 
@@ -186,6 +191,7 @@ def load_model_adapter(model: nn.Module, checkpoint: Path) -> None:
             f"has {inj.config.method!r}"
         )
     current = adapter_state_dict(model)
+    tensors = with_optional_state(model, tensors)
     if set(current) != set(tensors):
         missing = sorted(set(current) - set(tensors))[:3]
         extra = sorted(set(tensors) - set(current))[:3]

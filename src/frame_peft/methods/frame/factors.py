@@ -64,14 +64,18 @@ def _chunks(groups: dict[tuple, list]):
 def grouped_factors(adapters: Sequence[FrameAdapter]) -> dict[str, Factors]:
     """``{layer name: (A', B')}`` for ``adapters``, with one transform call per row group.
 
-    Shapes: A' (E, 2r, d_in) and B' (E, d_out, 2r) in each layer's parameter dtype. The result
-    is differentiable in every layer's A, B and orders.
+    Shapes: A' (E_m, 2r, d_in) and B' (E_m, d_out, 2r) in each layer's parameter dtype, for the
+    E_m experts not held at order 0 (all E usually). The result is differentiable in every
+    layer's A, B and orders.
     """
     groups: dict[tuple, list[tuple[str, int, torch.Tensor, torch.Tensor]]] = {}
     unit: dict[tuple, bool] = {}
     for ad in adapters:
-        orders = ad.orders()
-        for side, rows in ((0, ad.A), (1, ad.B.transpose(1, 2))):
+        orders, a_rows, b_rows = ad.orders(), ad.A, ad.B
+        if ad.spatial_experts():  # experts held at order 0 are not transformed
+            moving = ad.moving_experts()
+            orders, a_rows, b_rows = (t.index_select(0, moving) for t in (orders, a_rows, b_rows))
+        for side, rows in ((0, a_rows), (1, b_rows.transpose(1, 2))):
             key = (ad.transform_name, rows.shape[-1], rows.shape[1], rows.dtype, rows.device)
             groups.setdefault(key, []).append((ad.name, side, rows, orders))
             unit[key] = unit.get(key, True) and ad.learned  # sigmoid orders lie in (0, 1)

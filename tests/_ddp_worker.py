@@ -5,7 +5,9 @@ Trains LoRA (per-device batch 2) and FRAME (per-device batch 2, aux loss on) for
 through ``Trainer``; every rank then writes the adapter tensors it holds (gathered to full tensors
 under FSDP) to ``OUT_DIR/<method>/rank<r>.safetensors``; rank 0's checkpoint and final adapter stay
 in ``OUT_DIR/<method>/run``. Finally a new FRAME model resumes from the step-2 checkpoint
-and writes its final tensors to ``OUT_DIR/frame_resumed/rank<r>.safetensors``.
+and writes its final tensors to ``OUT_DIR/frame_resumed/rank<r>.safetensors``. Under DDP, FRAME
+with the order scan (scans after steps 1 and 2) also trains and writes
+``OUT_DIR/frame_scan/rank<r>.safetensors``: both ranks must hold the same orders and factors.
 """
 
 from __future__ import annotations
@@ -67,7 +69,22 @@ def main() -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()},
               str(resume_dir / f"rank{rank}.safetensors"))  # fmt: skip
     torch.distributed.barrier()
+    if mode == "ddp":
+        model = tiny_llama()
+        fp.inject(model, frame_scan_config())
+        randomise_lora_b(model)
+        Trainer(model, RandomTokens(16), run_config(out / "frame_scan" / "run", mode)).train()
+        save_file({k: v.contiguous() for k, v in fp.adapter_state_dict(model).items()},
+                  str(out / "frame_scan" / f"rank{rank}.safetensors"))  # fmt: skip
+        torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def frame_scan_config() -> fp.FrameConfig:
+    return fp.FrameConfig(
+        target_modules=["q_proj", "v_proj", "down_proj"], num_experts=4, top_k=2, rank=2,
+        dropout=0.0, order_search="scan", scan_at=[0.3, 0.6], scan_batches=2, scan_tokens=64,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -101,6 +101,14 @@ def check_against_single_process(out: Path, single) -> None:
 def test_ddp_two_processes_match_one(tmp_path, single_process):
     torchrun("ddp", tmp_path)
     check_against_single_process(tmp_path, single_process)
+    # the order scan: both ranks gathered the same statistics and made the same jumps
+    rank0 = load_file(str(tmp_path / "frame_scan" / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "frame_scan" / "rank1.safetensors"))
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), f"order scan {key}: ranks differ"
+    scans = (tmp_path / "frame_scan" / "run" / "scans.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in scans] == [1, 2]
+    assert json.loads(scans[0])["num_jumps"] == 6 * 4  # first scan: every expert of 6 modules
     assert sorted(p.name for p in (tmp_path / "frame" / "run" / "checkpoint-3").iterdir()) == [
         "adapter", "optimizer.pt", "rng-rank0.pt", "rng-rank1.pt", "scheduler.pt",
         "trainer_state.json",

@@ -14,6 +14,10 @@ class TrainerCallback:
     """Hooks called on every rank; override what you need. ``trainer.request_stop()`` ends the run
     after the current step (with a checkpoint)."""
 
+    def on_train_begin(self, trainer: Trainer, total_steps: int, start_step: int) -> None:
+        """Once the run is set up (model wrapped, optimizer built, resumed state loaded), before
+        the first step; ``start_step`` > 0 on resume."""
+
     def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, Any]) -> None:
         """After each optimizer step; ``metrics`` holds that step's loss, aux_loss, lr, ..."""
 

@@ -49,6 +49,7 @@ from .distributed import (
 from .logging import RunLogger, routing_summary
 from .losses import count_labelled, extra_model_loss, lm_loss_sum
 from .model_loading import enable_activation_checkpointing
+from .order_scan import OrderScanCallback, uses_scan
 from .sampler import StepBatchSampler, pad_collate
 from .schedule import build_scheduler
 
@@ -240,11 +241,17 @@ class Trainer:
         )  # fmt: skip
         if resume is not None:
             logger.write(f"resumed from {resume} at step {pos.step}")
+        if uses_scan(self.model) and not any(
+            isinstance(cb, OrderScanCallback) for cb in self.callbacks
+        ):
+            self.callbacks.append(OrderScanCallback())
 
         self._wrapped, self._logger, self._global_batch = model, logger, global_batch
         self._last_ckpt, self._eval_metrics = None, {}
         last = {"loss": float("nan"), "aux_loss": float("nan")}
         self._window, session_tokens, t_start = _Window(), 0, time.perf_counter()
+        for cb in self.callbacks:
+            cb.on_train_begin(self, total, pos.step)
         model.train()
         try:
             while pos.step < total and not self._stop:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ...core.config import _check_positive_int
 from ..moe_lora.config import MoELoRAConfig
 
 
@@ -23,6 +25,19 @@ class FrameConfig(MoELoRAConfig):
             (0, 1): at exactly 0 the order's gradient vanishes and it never moves.
         aux_loss: ``"grouped"`` (order-grouped Switch loss, default), ``"switch"`` or ``"none"``.
         num_order_groups: G groups for the grouped loss (``None`` -> E/2, at least 1).
+        order_search: how orders are found. ``"gradient"``: by the order optimizer alone (the
+            paper's description); ``"scan"``: the order scan (:mod:`.scan`) jumps every expert
+            to the order where its update is most compact at the fractions ``scan_at`` of
+            training (the first a scan, later ones rescans), and the order optimizer refines.
+        scan_at: fractions of training at which the scan runs, increasing, in (0, 1).
+        scan_batches: training batches of each scan's statistics pass.
+        scan_tokens: tokens recorded per module over those batches (memory: tokens ·
+            (d_in + d_out + E) floats per module).
+        scan_sketch_rank: q, the rank each module's targets are sketched to.
+        scan_basis: ``"shared"`` (one sketch basis per module) or ``"expert"`` (one per expert:
+            more accurate when experts' targets differ, about E/2 times the cost).
+        scan_grid: screen candidates per 1/d (2: orders j/(2d), d = max(d_in, d_out)).
+        scan_margin: a rescan moves an expert only if its best order fits this much better.
     """
 
     method: ClassVar[str] = "frame"
@@ -33,6 +48,14 @@ class FrameConfig(MoELoRAConfig):
     order_mode: str = "learned"
     init_orders: list[float] | str | None = None
     num_order_groups: int | None = None
+    order_search: str = "gradient"
+    scan_at: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.4])
+    scan_batches: int = 8
+    scan_tokens: int = 1024
+    scan_sketch_rank: int = 16
+    scan_basis: str = "shared"
+    scan_grid: float = 2.0
+    scan_margin: float = 0.05
 
     def validate_settings(self, s: dict[str, Any]) -> None:
         super().validate_settings(s)
@@ -47,12 +70,40 @@ class FrameConfig(MoELoRAConfig):
                 "order of exactly 0 gets zero gradient and never moves. Use order_mode='fixed' "
                 "for orders at 0, 1 or outside"
             )
+        _validate_scan(s)
         g = s["num_order_groups"]
         if g is not None and (not isinstance(g, int) or not 1 <= g <= s["num_experts"]):
             raise ValueError(
                 "num_order_groups must be None or an integer in "
                 f"[1, num_experts={s['num_experts']}], got {g!r}"
             )
+
+
+def _validate_scan(s: dict[str, Any]) -> None:
+    if s["order_search"] not in ("gradient", "scan"):
+        raise ValueError(
+            f"order_search must be 'gradient' (order optimizer only) or 'scan' (the order scan), "
+            f"got {s['order_search']!r}"
+        )
+    at = s["scan_at"]
+    if (
+        not isinstance(at, list | tuple)
+        or not at
+        or not all(isinstance(f, int | float) and 0 < f < 1 for f in at)
+        or any(b <= a for a, b in itertools.pairwise(at))
+    ):
+        raise ValueError(
+            f"scan_at must be a non-empty increasing list of fractions of training in (0, 1), "
+            f"e.g. [0.1, 0.25, 0.4]; got {at!r}"
+        )
+    for key in ("scan_batches", "scan_tokens", "scan_sketch_rank"):
+        _check_positive_int(key, s[key])
+    if s["scan_basis"] not in ("shared", "expert"):
+        raise ValueError(f"scan_basis must be 'shared' or 'expert', got {s['scan_basis']!r}")
+    if not isinstance(s["scan_grid"], int | float) or not s["scan_grid"] >= 0.5:
+        raise ValueError(f"scan_grid (candidates per 1/d) must be >= 0.5, got {s['scan_grid']!r}")
+    if not isinstance(s["scan_margin"], int | float) or s["scan_margin"] < 0:
+        raise ValueError(f"scan_margin must be a number >= 0, got {s['scan_margin']!r}")
 
 
 def initial_orders(s: dict[str, Any]) -> list[float]:

@@ -30,13 +30,14 @@ with every order held at 0 FRAME is MoE-LoRA exactly. Learned orders are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ...core.mixture import LowRankMixture, init_lora_factors
+from ...core.mixture import LowRankMixture
 from ...routing import Routing, RoutingState, grouped_switch_loss, switch_loss
 from ...transforms import dfrft_matrix, frft, get_transform
 from .config import initial_orders
@@ -206,6 +207,14 @@ class FrameAdapter(LowRankMixture):
                        b_s.to(b_m.dtype).permute(1, 0, 2).reshape(d_out, -1)], dim=1)  # fmt: skip
         return a, b, self._slots_index
 
+    def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x, route_x)
+        if self.learned and torch.is_grad_enabled() and self.identity_orders:
+            # Every order is held at 0, so θ takes no part in the output; keep it in the graph
+            # (with a zero gradient) so DDP does not stop on a parameter without a gradient.
+            out = out + 0.0 * self.order_logits.sum().to(out.dtype)
+        return out
+
     def _moving_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Transformed factors of the moving experts (E_m, 2r, d_in), (E_m, d_out, 2r)."""
         if torch.is_grad_enabled():
@@ -248,10 +257,16 @@ class FrameAdapter(LowRankMixture):
             self.order_pins[e] = a if pin else -1.0
 
     @torch.no_grad()
-    def reset_experts(self, experts: Sequence[int]) -> None:
-        """Re-initialise ``experts``' factors: A_e Kaiming-uniform, B_e = 0 (ΔW_e = 0)."""
+    def reset_experts(
+        self, experts: Sequence[int], generator: torch.Generator | None = None
+    ) -> None:
+        """Re-initialise ``experts``' factors: A_e Kaiming-uniform (as at injection; from
+        ``generator`` when given, so every process draws the same), B_e = 0 (ΔW_e = 0)."""
         for e in experts:
-            init_lora_factors(self.A[e : e + 1], self.B[e : e + 1])
+            a = torch.empty(self.A.shape[1:], dtype=torch.float32)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+            self.A[e] = a.to(self.A)
+            self.B[e] = 0
 
     def balance_loss(self, routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:
         if self.aux_kind == "grouped":

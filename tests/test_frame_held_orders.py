@@ -130,7 +130,7 @@ def test_grouped_forward_with_held_experts_equals_the_per_layer_path():
 def test_pins_are_saved_and_old_adapters_without_them_still_load(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    model, adapter = _layer_model()
+    model, _ = _layer_model()
     fp.save_adapter(model, tmp_path / "new")
     loaded = fp.load_adapter(single_linear(32, 16), tmp_path / "new")
     assert fp.adapted_layers(loaded)["0"].adapter.order_pins.tolist() == PINS

@@ -90,8 +90,8 @@ def test_whitened_targets_recover_the_teacher_both_ways():
         t = whitened_targets(_stats_for([w], tokens), ridge=1e-9)[0]
         if tokens >= 12:
             torch.testing.assert_close(t.dense(), w, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(torch.tensor(t.energy, dtype=torch.float64), t.dense().square().sum(),
-                                   rtol=1e-9, atol=0.0)  # fmt: skip
+        energy = torch.tensor(t.energy, dtype=torch.float64)
+        torch.testing.assert_close(energy, t.dense().square().sum(), rtol=1e-9, atol=0.0)
 
 
 def _frame(d: int, experts: int, rank: int, **kw):
@@ -129,7 +129,7 @@ def test_sketched_targets_span_the_planted_updates():
 def test_rescan_jumps_only_past_the_margin():
     d = 32
     target = _planted(d, d, 2, 0.5)
-    model, adapter = _frame(d, 1, 2, order_mode="fixed", init_orders=[0.5])
+    _, adapter = _frame(d, 1, 2, order_mode="fixed", init_orders=[0.5])
     stats = _stats_for([target])
     report, jumps = scan_module(adapter, stats, ScanSettings(), first=False)
     assert jumps == [] and not report.experts[0].jumped  # already at its best order

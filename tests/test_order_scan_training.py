@@ -10,8 +10,8 @@ import torch
 import frame_peft as fp
 from _models import tiny_llama
 from _training_data import RandomTokens, randomise_lora_b
+from frame_peft import scan_steps
 from frame_peft.training import TrainConfig, Trainer, TrainerCallback
-from frame_peft.training.order_scan import scan_steps
 
 
 class Crash(TrainerCallback):
@@ -113,3 +113,39 @@ def test_scan_is_refused_under_fsdp_with_a_clear_message(tmp_path):
 
     with pytest.raises(ValueError, match="not supported under FSDP"):
         OrderScanCallback().on_train_begin(FakeTrainer(), 10, 0)
+
+
+def test_hf_trainer_runs_the_scan_through_its_callback(tmp_path):
+    from transformers import Trainer as HFTrainer
+    from transformers import TrainingArguments
+
+    from frame_peft.training.hf_callbacks import OrderScanHFCallback
+
+    model = build()
+    data = RandomTokens(16)
+    opt = fp.build_optimizer(model, lr=1e-2, order_lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, max_grad_norm=0.0,
+        report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no", seed=0,
+        remove_unused_columns=False,
+    )  # fmt: skip
+    collate = fp.training.pad_collate
+    callback = OrderScanHFCallback(data, collate)
+    trainer = HFTrainer(model=model, args=args, train_dataset=data, optimizers=(opt, sched),
+                        data_collator=lambda items: {k: v for k, v in collate(items).items()
+                                                     if k != "task_ids"})  # fmt: skip
+    trainer.add_callback(callback)
+    before = {k: v.clone() for k, v in fp.orders(model).items()}
+    trainer.train()
+    assert callback.steps == [1, 2] and [r["step"] for r in callback.reports] == [1, 2]
+    assert callback.reports[0]["num_jumps"] == 24
+    lines = (tmp_path / "scans.jsonl").read_text().splitlines()
+    assert [json.loads(line)["first"] for line in lines] == [True, False]
+    after = fp.orders(model)
+    assert any(not torch.allclose(before[k], after[k]) for k in before)
+
+    with pytest.raises(ValueError, match="order_search='scan'"):
+        plain = tiny_llama()
+        fp.inject(plain, scan_config(order_search="gradient"))
+        OrderScanHFCallback(data, collate).on_train_begin(args, trainer.state, None, model=plain)

@@ -38,6 +38,7 @@ from .methods import (
     LoRAConfig,
     MoELoRAConfig,
 )
+from .methods.frame.scan import ScanReport, ScanSettings, scan_orders, scan_steps
 from .optim import AdapterOptimizer, build_optimizer, is_order_parameter
 from .peft_bridge import export_peft_lora, is_peft_model, peft_baseline
 from .routing import routing_context
@@ -57,6 +58,8 @@ __all__ = [
     "LoRAConfig",
     "MoELoRAConfig",
     "NotMergeableError",
+    "ScanReport",
+    "ScanSettings",
     "__version__",
     "accounting",
     "adapted_layers",
@@ -81,6 +84,8 @@ __all__ = [
     "register_method",
     "routing_context",
     "save_adapter",
+    "scan_orders",
+    "scan_steps",
     "set_adapters_enabled",
     "transforms",
     "unload",

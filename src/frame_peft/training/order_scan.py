@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from .._files import atomic_write_bytes
 from ..core.inject import find_injection
-from ..methods.frame.scan import scan_orders
+from ..methods.frame.scan import scan_orders, scan_steps
 from ..methods.frame.scan_stats import TokenStats
 from ..routing import routing_context
 from .callbacks import TrainerCallback
@@ -41,12 +41,6 @@ if TYPE_CHECKING:
     from .loop import Trainer
 
 SCANS_FILE = "scans.jsonl"
-
-
-def scan_steps(scan_at: list[float], total_steps: int) -> list[int]:
-    """Optimizer steps after which the scans run: ``max(1, round(f · total))``, distinct."""
-    steps = sorted({min(total_steps, max(1, round(f * total_steps))) for f in scan_at})
-    return steps
 
 
 def uses_scan(model: torch.nn.Module) -> bool:

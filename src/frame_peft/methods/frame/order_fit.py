@@ -128,6 +128,12 @@ class Sketch:
     energy: torch.Tensor
     group: torch.Tensor
 
+    def leading(self, q: int) -> Sketch:
+        """The sketch restricted to its first q basis directions (the bases are ordered by the
+        energy they carry, most first): a cheaper sketch for screening."""
+        return Sketch(self.u[..., :q], self.v[..., :q], self.cores[:, :q, :q], self.energy,
+                      self.group)  # fmt: skip
+
     @classmethod
     def shared(cls, u, v, cores, energy) -> Sketch:
         """One (d_out, q), (d_in, q) basis for all experts."""
@@ -252,8 +258,10 @@ def fitted_energies(
     transform: str = "chirp",
     iters: int = 8,
     grams: tuple[torch.Tensor, ...] | None = None,
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """f_e(a_j) for every expert e of the sketch and every order in ``orders``: (E, J).
+    """f_e(a_j) for every expert e of the sketch and every order in ``orders``: (E, J); or, with
+    ``pairs = (experts, order indices)`` (P,) each, only those pairs: (P,).
 
     ``iters = 0`` is the screen: Z = the refit core on the top-r subspace of R (no IHT).
     ``grams`` = ``(Q2_o, Q4_o, Q2_i, Q4_i)`` from :func:`side_grams` may be passed in when the
@@ -263,43 +271,48 @@ def fitted_energies(
     if grams is None:
         grams = (*side_grams(sketch.u, orders, transform), *side_grams(sketch.v, orders, transform))
     q2o, q4o, q2i, q4i = grams
-    group = sketch.group
-
-    def per_expert(t: torch.Tensor) -> torch.Tensor:  # (J, G, ...) -> (E, J, ...)
-        return t[:, group].transpose(0, 1)
-
-    v_o, n_o, keep_o = (per_expert(t) for t in _side(q2o, q4o, output=True))
-    v_i, n_i, keep_i = (per_expert(t) for t in _side(q2i, q4i, output=False))
+    side_o, side_i = _side(q2o, q4o, output=True), _side(q2i, q4i, output=False)
     zero = torch.zeros_like(sketch.cores)
-    d = _blocks(sketch.cores, zero, zero, sketch.cores).unsqueeze(1)  # (E, 1, 2q, 2q)
-    # R_e = V_oᵀ D_e V_i for every (e, j): (E, J, 2q, 2q)
+    d = _blocks(sketch.cores, zero, zero, sketch.cores)  # (E, 2q, 2q)
+    if pairs is not None:
+        experts, idx = pairs
+        group = sketch.group[experts]
+        v_o, n_o, keep_o = (t[idx, group] for t in side_o)
+        v_i, n_i, keep_i = (t[idx, group] for t in side_i)
+        d, energy = d[experts], sketch.energy[experts]
+    elif sketch.u.shape[0] == 1:  # one shared basis: broadcast over experts, no copies
+        v_o, n_o, keep_o = (t[:, 0].unsqueeze(0) for t in side_o)
+        v_i, n_i, keep_i = (t[:, 0].unsqueeze(0) for t in side_i)
+        d, energy = d.unsqueeze(1), sketch.energy.unsqueeze(1)
+    else:
+        group = sketch.group
+        v_o, n_o, keep_o = (t[:, group].transpose(0, 1) for t in side_o)
+        v_i, n_i, keep_i = (t[:, group].transpose(0, 1) for t in side_i)
+        d, energy = d.unsqueeze(1), sketch.energy.unsqueeze(1)
+    # R = V_oᵀ D_e V_i per (expert, order): (..., 2q, 2q)
     r_mat = v_o.transpose(-1, -2) @ d @ v_i
     k = r_mat.shape[-1]
     gen = torch.Generator().manual_seed(0)
     omega = torch.randn(k, rank, generator=gen, dtype=r_mat.dtype)
     p = _left_subspace(r_mat, r_mat @ omega, steps=3)
     z = _refit_core(p, _orth(r_mat.transpose(-1, -2) @ p), r_mat, n_o, n_i, rank)
+    # After the exact core refit ⟨Z, 𝒜Z⟩ = ⟨R, Z⟩ (normal equations), so the captured energy
+    # 2⟨R, Z⟩ − ⟨Z, 𝒜Z⟩ is ⟨R, Z⟩.
+    captured = _inner(r_mat, z)
     if iters:
         # Two starts: from R, and from R plus noise of equal norm in the live coordinates (at
         # a = 1 the map has a null space and IHT from R alone stays in half of the space).
         noise = torch.randn(r_mat.shape, generator=gen, dtype=r_mat.dtype)
         noise = noise * keep_o.unsqueeze(-1) * keep_i.unsqueeze(-2)
         scale = r_mat.norm(dim=(-1, -2), keepdim=True) / noise.norm(dim=(-1, -2), keepdim=True)
-        starts = [z, _iht(r_mat + noise * scale.nan_to_num(0.0), r_mat, n_o, n_i, rank, 0)]
-        z = None
-        best = None
-        for z0 in starts:
+        noisy = _iht(r_mat + noise * scale.nan_to_num(0.0), r_mat, n_o, n_i, rank, 0)
+        captured = torch.full_like(captured, -math.inf)
+        for z0 in (z, noisy):
             zi = _iht(z0, r_mat, n_o, n_i, rank, iters)
-            ci = 2 * _inner(r_mat, zi) - _inner(zi, _amap(zi, n_o, n_i))
-            if best is None:
-                z, best = zi, ci
-            else:
-                better = ci > best
-                z = torch.where(better[..., None, None], zi, z)
-                best = torch.maximum(ci, best)
-    captured = 2 * _inner(r_mat, z) - _inner(z, _amap(z, n_o, n_i))
-    energy = sketch.energy.to(captured.dtype).clamp_min(1e-300).unsqueeze(1)
-    return (captured / energy).clamp(0.0, 1.0)
+            captured = torch.maximum(
+                captured, 2 * _inner(r_mat, zi) - _inner(zi, _amap(zi, n_o, n_i))
+            )
+    return (captured / energy.to(captured.dtype).clamp_min(1e-300)).clamp(0.0, 1.0)
 
 
 def candidate_grid(width: int, points_per_unit: float) -> torch.Tensor:

@@ -7,9 +7,10 @@ routing has settled, for every FRAME module and expert e
 1. record a few batches' inputs, gates and output gradients with the experts at zero
    (:mod:`.scan_stats`), form the whitened target W_e (:mod:`.scan_targets`) and sketch it;
 2. score every order on a grid of step 1/(``grid``·d), d = max(d_in, d_out), by the fitted
-   energy of a rank-r expert (:mod:`.order_fit`; a cheap screen with no IHT), run the full fit at
-   the ``REFINE_PEAKS`` best local maxima and at the expert's current order, then on a grid of
-   step 1/(8d) within ±1/(2d) of the best;
+   energy of a rank-r expert (:mod:`.order_fit`; a cheap screen: the sketch's leading
+   ``SCREEN_RANK`` directions and no IHT), run the full fit at the ``REFINE_PEAKS`` best local
+   maxima and at the expert's current order, then on a grid of step 1/(8d) within ±1/(2d) of
+   the best;
 3. **jump**: set a_e to the best order (snapped to 0 or 1 and *held* there, via ``order_pins``,
    when within ``SNAP``/d of an end), reset A_e (Kaiming), B_e (0) and the first Adam moments of
    A_e, B_e, θ_e. On a rescan (``first=False``) an expert jumps only if its best order is more
@@ -43,6 +44,8 @@ from .scan_targets import sketch_targets, whitened_targets
 
 #: Local maxima of the screen that get the full fit, per expert.
 REFINE_PEAKS = 4
+#: The screen uses the leading SCREEN_RANK directions of the sketch (the full fits use all q).
+SCREEN_RANK = 8
 #: Snap to order 0 or 1 (and hold it) when within SNAP/d of it.
 SNAP = 0.5
 #: The refinement grid: step 1/(REFINE_DENSITY·d) within ±1/(2d) of the best order.
@@ -138,20 +141,26 @@ def _local_peaks(scores: torch.Tensor, k: int) -> list[int]:
     return idx[order[:k]].tolist()
 
 
-def _fit(sketch, orders: list[float], rank, transform, iters) -> tuple[torch.Tensor, torch.Tensor]:
-    a = torch.tensor(sorted(set(orders)), dtype=torch.float64)
+def _fit(sketch, candidates: list[list[float]], rank, transform, iters) -> list[dict]:
+    """Full fits of each expert (row of the sketch) at its own candidate orders: one transform
+    call per distinct order, then only the listed (expert, order) pairs are solved. Returns
+    ``{order: f}`` per expert."""
+    orders = sorted({a for row in candidates for a in row})
+    where = {a: j for j, a in enumerate(orders)}
+    a = torch.tensor(orders, dtype=torch.float64)
     grams = (*side_grams(sketch.u, a, transform), *side_grams(sketch.v, a, transform))
-    return a, fitted_energies(sketch, a, rank, transform, iters, grams=grams)
+    experts = torch.tensor([i for i, row in enumerate(candidates) for _ in set(row)])
+    index = torch.tensor([where[x] for row in candidates for x in sorted(set(row))])
+    f = fitted_energies(sketch, a, rank, transform, iters, grams=grams, pairs=(experts, index))
+    out: list[dict] = [{} for _ in candidates]
+    for e, j, val in zip(experts.tolist(), index.tolist(), f.tolist(), strict=True):
+        out[e][orders[j]] = val
+    return out
 
 
-def _best(a: torch.Tensor, f: torch.Tensor, row: int) -> tuple[float, float]:
-    j = int(f[row].argmax())
-    return float(a[j]), float(f[row, j])
-
-
-def _score_at(a: torch.Tensor, f: torch.Tensor, row: int, order: float) -> float:
-    j = int((a - order).abs().argmin())
-    return float(f[row, j])
+def _best(scores: dict) -> tuple[float, float]:
+    order = max(scores, key=lambda a: (scores[a], -a))
+    return order, scores[order]
 
 
 def scan_module(
@@ -173,22 +182,22 @@ def scan_module(
     current = [float(a) for a in adapter.orders().detach().double().clamp(0, 1).cpu()]
 
     grid = candidate_grid(d, settings.grid)
-    screen = fitted_energies(sketch, grid, rank, transform, iters=0)
-    peaks = {e: [float(grid[j]) for j in _local_peaks(screen[i], REFINE_PEAKS)]
-             for i, e in enumerate(present)}  # fmt: skip
-    pass1 = [a for e in present for a in peaks[e]] + [current[e] for e in present]
-    a1, f1 = _fit(sketch, pass1, rank, transform, settings.iters)
+    screen = fitted_energies(sketch.leading(SCREEN_RANK), grid, rank, transform, iters=0)
+    pass1 = [[float(grid[j]) for j in _local_peaks(screen[i], REFINE_PEAKS)] + [current[e]]
+             for i, e in enumerate(present)]  # fmt: skip
+    f1 = _fit(sketch, pass1, rank, transform, settings.iters)
     step = 1.0 / (REFINE_DENSITY * d)
-    fine = []
-    for i in range(len(present)):
-        best, _ = _best(a1, f1, i)
-        fine += [min(max(best + j * step, 0.0), 1.0) for j in range(-4, 5)]
-    a2, f2 = _fit(sketch, pass1 + fine, rank, transform, settings.iters)
+    pass2 = []
+    for scores in f1:
+        best, _ = _best(scores)
+        pass2.append([min(max(best + j * step, 0.0), 1.0) for j in range(-4, 5) if j])
+    f2 = _fit(sketch, pass2, rank, transform, settings.iters)
 
     decisions, jumps = [], []
     for i, e in enumerate(present):
-        best, f_best = _best(a2, f2, i)
-        f_now = _score_at(a2, f2, i, current[e])
+        scores = {**f1[i], **f2[i]}
+        best, f_best = _best(scores)
+        f_now = f1[i][current[e]]
         held = best <= SNAP / d or best >= 1 - SNAP / d
         new = (0.0 if best <= 0.5 else 1.0) if held else best
         jump = first or (
@@ -328,6 +337,12 @@ def scan_orders(
     report.seconds_statistics = seconds
     report.tokens = sum(s.num_tokens for s in stats.values()) // max(1, len(stats))
     return report
+
+
+def scan_steps(scan_at: list[float], total_steps: int) -> list[int]:
+    """Optimizer steps after which the scans run: ``max(1, round(f · total))``, distinct; the
+    first is the first scan, the rest are rescans."""
+    return sorted({min(total_steps, max(1, round(f * total_steps))) for f in scan_at})
 
 
 def settings_from_config(config: Any) -> ScanSettings:

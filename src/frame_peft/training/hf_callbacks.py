@@ -1,0 +1,119 @@
+"""FRAME's order scan in a Hugging Face ``transformers.Trainer`` (or TRL's trainers built on it).
+
+```python
+from frame_peft.training.hf_callbacks import OrderScanHFCallback
+
+trainer = transformers.Trainer(model=model, args=args, train_dataset=ds,
+                               data_collator=collator, optimizers=(opt, sched))
+trainer.add_callback(OrderScanHFCallback(ds, collator))
+trainer.train()
+```
+
+At the optimizer steps :func:`~frame_peft.scan_steps` gives for ``state.max_steps`` it draws the
+FrameConfig's ``scan_batches`` batches from ``train_dataset`` with its own seeded generator (the
+Trainer's data order and RNG are untouched), runs :func:`~frame_peft.scan_orders` on the
+unwrapped model with the Trainer's optimizer (first moments of moved experts are zeroed) and keeps
+the reports in ``self.reports`` (also appended to ``<output_dir>/scans.jsonl`` on the main
+process). Single process, or DDP where every process gathers the same statistics.
+
+Checkpoints the Trainer writes after a scan hold its result (orders, ``order_pins`` and the reset
+experts are part of the model's state dict), so resuming from them does not rerun it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._files import atomic_write_bytes
+from ..core.inject import require_injection
+from ..methods.frame.scan import scan_orders, scan_steps
+from .order_scan import SCANS_FILE, gather_stats
+
+try:
+    from transformers import TrainerCallback as _HFCallback
+except ImportError:  # pragma: no cover - transformers is a core dependency
+    _HFCallback = object
+
+
+def _inner_model(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+class OrderScanHFCallback(_HFCallback):
+    """Runs FRAME's order scan inside ``transformers.Trainer`` (see the module docstring).
+
+    Args:
+        train_dataset: a map-style dataset of training items.
+        data_collator: turns a list of items into a batch dict with ``input_ids``,
+            ``attention_mask`` and ``labels``.
+        batch_size: items per statistics batch (default: the Trainer's per-device batch size).
+        loss_fn: ``loss_fn(model, batch) -> scalar``; default the model's ``outputs.loss``.
+    """
+
+    def __init__(
+        self,
+        train_dataset: Any,
+        data_collator: Callable[[list], dict[str, torch.Tensor]],
+        batch_size: int | None = None,
+        loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+    ) -> None:
+        self.dataset = train_dataset
+        self.collate = data_collator
+        self.batch_size = batch_size
+        self.loss_fn = loss_fn
+        self.steps: list[int] = []
+        self.reports: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        config = require_injection(_inner_model(model)).config
+        if getattr(config, "order_search", None) != "scan":
+            raise ValueError(
+                "OrderScanHFCallback needs a FRAME model with order_search='scan' (got "
+                f"{type(config).__name__}, order_search="
+                f"{getattr(config, 'order_search', None)!r})"
+            )
+        self.config = config
+        self.steps = scan_steps(list(config.scan_at), state.max_steps)
+
+    def _batches(self, args, step: int, device: torch.device):
+        world = max(1, args.world_size)
+        per = self.batch_size or args.per_device_train_batch_size
+        n = self.config.scan_batches * per * world
+        g = torch.Generator().manual_seed(args.seed * 7919 + step)
+        picked = torch.randperm(len(self.dataset), generator=g)[: min(n, len(self.dataset))]
+        mine = picked.tolist()[args.process_index :: world]
+        for i in range(0, len(mine), per):
+            batch = self.collate([self.dataset[j] for j in mine[i : i + per]])
+            yield {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        step = state.global_step
+        if step not in self.steps:
+            return control
+        inner = _inner_model(model)
+        device = next(inner.parameters()).device
+        per_batch = math.ceil(
+            self.config.scan_tokens / (self.config.scan_batches * max(1, args.world_size))
+        )
+        with torch.random.fork_rng(devices=[]):
+            report = scan_orders(
+                inner, self._batches(args, step, device), loss_fn=self.loss_fn,
+                optimizer=getattr(optimizer, "optimizer", optimizer), first=step == self.steps[0],
+                tokens_per_batch=per_batch, gather=gather_stats, step=step,
+            )  # fmt: skip
+        record = report.to_dict()
+        self.reports.append(record)
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / SCANS_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            old = path.read_bytes() if path.exists() else b""
+            atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode())
+        return control

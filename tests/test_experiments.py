@@ -18,13 +18,11 @@ from frame_peft.experiments.domain_recovery import DomainRecoveryConfig, expert_
 from frame_peft.experiments.synthetic import (
     Budget,
     TaskSpec,
-    TrainConfig,
     adapter_config,
     build_tasks,
-    delayed_router,
     rank_floor,
-    train_adapter,
 )
+from frame_peft.experiments.synthetic_train import TrainConfig, delayed_router, train_adapter
 from frame_peft.transforms import coherence
 
 
@@ -126,27 +124,74 @@ def test_domain_recovery_quick_is_deterministic_and_complete(tmp_path) -> None:
     }
     cfg = DomainRecoveryConfig.for_size("quick")
     num_tasks = len(cfg.tasks.task_orders)
-    assert set(a["methods"]) == set(cfg.methods)
+    assert set(a["methods"]) == set(cfg.methods) and a["seeds"] == [0]
     for entry in a["methods"].values():
         assert len(entry["errors"]) == len(entry["floor"]) == num_tasks
         assert all(math.isfinite(e) and e >= 0 for e in entry["errors"])
+        assert entry["errors_per_seed"] == [entry["errors"]] and entry["errors_std"] == [0.0] * 4
     # A fixed rank-q update cannot beat the Eckart-Young floor of rank q (a theorem).
+    for name in ("lora", "moe-lora-2r"):
+        m = a["methods"][name]
+        assert m["floor"] != a["methods"]["moe-lora"]["floor"] or name == "lora"
     lora = a["methods"]["lora"]
     assert all(e >= f - 1e-6 for e, f in zip(lora["errors"], lora["floor"], strict=True))
-    # Active parameters are matched: the mixtures within 10 % of each other.
-    mix = [a["methods"][m]["active_parameters"] for m in ("frame", "moe-lora", "fouriermoe")]
-    assert max(mix) <= 1.1 * min(mix)
-    orders = a["frame_orders"]
-    assert len(orders["per_task"]) == num_tasks
-    assert all(0 < x < 1 for x in orders["final_orders"])
+    # Active parameters are matched: FRAME and MoE-LoRA within 10 %; MoE-LoRA-2r has twice.
+    frame, moe = (a["methods"][m]["active_parameters"] for m in ("frame-scan", "moe-lora"))
+    assert max(frame, moe) <= 1.1 * min(frame, moe)
+    seed0 = a["per_seed"]["0"]
+    orders = seed0["methods"]["frame-scan"]["orders"]
+    assert len(orders["per_task"]) == num_tasks and len(orders["scans"]) == 3
+    assert orders["scans"][0]["first"] and all(orders["scans"][0]["jumped"])
+    assert all(0 <= x <= 1 for x in orders["final_orders"])
     for row in orders["per_task"]:
         assert row["recovered"] == (row["served_order_error"] <= a["tolerance"])
-    oracle = a["variants"]["oracle-routed"]
+    oracle = seed0["variants"]["oracle-routed"]
     assert oracle["final_orders"] == expert_orders(cfg.tasks.task_orders, 8, 0.0)
     assert oracle["mean_served_order_error"] == pytest.approx(0.0, abs=1e-6)
-    assert len(a["basin"]) == len(cfg.basin_tasks) * len(cfg.basin_offsets)
+    assert len(seed0["variants"]["scan-once"]["scans"]) == 1
+    assert len(seed0["basin"]) == len(cfg.basin_tasks) * len(cfg.basin_offsets)
     md = (tmp_path / "a/results.md").read_text()
-    assert "Relative error to the teacher" in md and "Order basin" in md
+    assert "Relative error to the teacher" in md and "Order basin" in md and "Order scans" in md
+
+
+def test_seeds_methods_and_sets_reach_the_results(tmp_path) -> None:
+    res = run_experiment(
+        "domain-recovery", tmp_path, size="quick", progress=False, seeds=2,
+        methods=["moe-lora", "lora"],
+        sets={"tasks.task_orders": [0.0, 0.5], "basin_tasks": [0, 1], "train.steps": 40},
+    )  # fmt: skip
+    assert res["seeds"] == [0, 1] and list(res["methods"]) == ["moe-lora", "lora"]
+    assert list(res["config"]["tasks"]["task_orders"]) == [0.0, 0.5]
+    assert res["config"]["train"]["steps"] == 40
+    m = res["methods"]["moe-lora"]
+    per_seed = m["errors_per_seed"]
+    assert len(per_seed) == 2 and per_seed[0] != per_seed[1]
+    for t in range(2):  # mean and population std of the two seeds
+        mean = (per_seed[0][t] + per_seed[1][t]) / 2
+        assert m["errors"][t] == pytest.approx(mean, abs=1e-6)
+        assert m["errors_std"][t] == pytest.approx(abs(per_seed[0][t] - mean), abs=1e-6)
+    assert "±" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="unknown field 'dims'"):
+        run_experiment("domain-recovery", tmp_path, size="quick", sets={"tasks.dims": 8})
+    with pytest.raises(ValueError, match="teacher_transform"):
+        run_experiment("domain-recovery", tmp_path, size="quick",
+                       sets={"tasks.teacher_transform": "fft"})  # fmt: skip
+    with pytest.raises(ValueError, match="unknown method"):
+        run_experiment("interference", tmp_path, size="quick", methods=["frame-plus"])
+    with pytest.raises(ValueError, match="takes no seeds"):
+        run_experiment("coherence", tmp_path, size="quick", seeds=3)
+
+
+def test_mean_std_fixture() -> None:
+    from frame_peft.experiments._multi import mean_std, parse_sets
+
+    mean, std = mean_std([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
+    assert mean == [3.0, 2.0] and std == [pytest.approx(math.sqrt(8 / 3)), 0.0]
+    assert parse_sets(["tasks.dim=128", "tasks.task_orders=[0, 0.3]", "x=exact"]) == {
+        "tasks.dim": 128, "tasks.task_orders": [0, 0.3], "x": "exact"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_sets(["tasks.dim"])
 
 
 def test_interference_quick(tmp_path) -> None:
@@ -178,6 +223,16 @@ def test_cli_lists_and_runs(tmp_path, capsys) -> None:
     assert json.loads((tmp_path / "results.json").read_text())["seed"] == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["experiment", "no-such-experiment"])
+    out = tmp_path / "dr"
+    args = parser.parse_args(["experiment", "interference", "--quick", "--quiet", "--output",
+                              str(out), "--seeds", "2", "--methods", "moe-lora,lora",
+                              "--set", "train.steps=20"])  # fmt: skip
+    assert cli_run(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["seeds"] == [0, 1] and set(res["methods"]) == {"moe-lora", "lora"}
+    bad = parser.parse_args(["experiment", "interference", "--quick", "--set", "train.nope=1"])
+    assert cli_run(bad) == 2
+    assert "unknown field 'nope'" in capsys.readouterr().err
 
 
 def test_help_describes_every_experiment(capsys) -> None:

@@ -122,14 +122,18 @@ class LowRankMixture(Adapter):
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         routing = self.route(route_x)
+        out = self.mix(x.reshape(-1, self.in_features), routing.gates)
+        return out.reshape(*lead, self.out_features)
+
+    def mix(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """``s · Σ_e gates[:, e] · ΔW_e x`` for flat x (T, d_in) and gates (T, E) -> (T, d_out)."""
         a, b, slots = self.mixture_factors()
-        xf = x.reshape(-1, self.in_features)
         a, b = a.to(x.dtype), b.to(x.dtype)
         if slots is None:
-            out = packed_mixture(xf, a, b, routing.gates)
+            out = packed_mixture(x, a, b, gates)
         else:
-            out = slotted_mixture(xf, a, b, routing.gates, slots)
-        return (self.scale * out).reshape(*lead, self.out_features)
+            out = slotted_mixture(x, a, b, gates, slots)
+        return self.scale * out
 
     def reference_forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         """Plain dense-gated path: every expert's ``B_e A_e x`` times its gate, summed (tests)."""

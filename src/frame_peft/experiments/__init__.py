@@ -55,15 +55,47 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 
 
+#: Experiments on the synthetic tasks: they take ``seeds``, ``methods`` and ``sets``.
+SYNTHETIC = ("domain-recovery", "interference")
+
+
 def run_experiment(
-    name: str, output_dir: str | Path, *, size: str = "full", seed: int = 0, progress: bool = True
+    name: str,
+    output_dir: str | Path,
+    *,
+    size: str = "full",
+    seed: int = 0,
+    progress: bool = True,
+    seeds: int = 1,
+    methods: list[str] | None = None,
+    sets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the experiment ``name`` (a key of :data:`EXPERIMENTS`) and return its results."""
+    """Run the experiment ``name`` (a key of :data:`EXPERIMENTS`) and return its results.
+
+    ``seeds`` (consecutive seeds from ``seed``), ``methods`` (which methods to compare) and
+    ``sets`` (``{"tasks.dim": 128, ...}`` config overrides) apply to the synthetic-task
+    experiments (:data:`SYNTHETIC`) only.
+    """
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    return EXPERIMENTS[name].run(Path(output_dir), size=size, seed=seed, progress=progress)
+    if name not in SYNTHETIC:
+        if seeds != 1 or methods is not None or sets:
+            raise ValueError(
+                f"{name} takes no seeds, methods or --set overrides (only {list(SYNTHETIC)} do)"
+            )
+        return EXPERIMENTS[name].run(Path(output_dir), size=size, seed=seed, progress=progress)
+    if methods is not None:
+        from .synthetic import METHODS
+
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    return EXPERIMENTS[name].run(
+        Path(output_dir), size=size, seed=seed, progress=progress, seeds=seeds,
+        methods=methods, sets=sets,
+    )  # fmt: skip
 
 
-__all__ = ["EXPERIMENTS", "SIZES", "Experiment", "run_experiment"]
+__all__ = ["EXPERIMENTS", "SIZES", "SYNTHETIC", "Experiment", "run_experiment"]

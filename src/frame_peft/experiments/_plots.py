@@ -11,19 +11,21 @@ from typing import Any
 
 
 def plot_method_errors(plt: Any, results: dict[str, Any], task_orders: Sequence[float]) -> Any:
-    """Grouped bars: relative error per task and method, the method's floor as a black tick."""
+    """Grouped bars: relative error per task and method (mean over seeds, ± std as an error bar),
+    the method's floor as a black tick."""
     methods = list(results["methods"])
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(methods) + 3), 3.8))
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         entry = results["methods"][method]
         xs = [t + (i - (len(methods) - 1) / 2) * width for t in range(len(task_orders))]
-        ax.bar(xs, entry["errors"], width, label=method)
+        ax.bar(xs, entry["errors"], width, yerr=entry.get("errors_std"), capsize=2, label=method)
         ax.scatter(xs, entry["floor"], marker="_", s=120, color="black", zorder=3)
     ax.set_xticks(range(len(task_orders)), [f"a_t = {a:g}" for a in task_orders])
     ax.set_ylabel("relative error to teacher")
-    ax.set_title("Error per task (black tick: floor of the method's budget)")
-    ax.legend(fontsize=8)
+    seeds = len(results.get("seeds", [0]))
+    ax.set_title(f"Error per task, mean ± std over {seeds} seed(s) (black tick: budget floor)")
+    ax.legend(fontsize=7, ncol=2)
     return fig
 
 

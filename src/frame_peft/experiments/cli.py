@@ -1,4 +1,5 @@
-"""``frame-peft experiment NAME [--output DIR] [--quick] [--seed N]`` (and ``--list``).
+"""``frame-peft experiment NAME [--output DIR] [--quick] [--seed N] [--seeds N] [--methods a,b]
+[--set key=value ...]`` (and ``--list``).
 
 The main CLI adds this with :func:`add_experiment_parser` and dispatches to
 :func:`run_experiment`; ``python -m frame_peft.experiments.cli NAME ...`` runs it standalone.
@@ -41,6 +42,29 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--quick", action="store_true", help="the reduced size the test suite runs (seconds)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (0)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run the synthetic experiments for this many consecutive seeds from --seed; tables "
+        "give mean ± std, results.json every seed (1)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods to compare (synthetic experiments), e.g. "
+        "frame-scan,moe-lora,moe-lora-2r",
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field of the synthetic experiments (repeatable), e.g. "
+        "tasks.dim=256, tasks.task_orders=[0,0.37], tasks.teacher_transform=exact, "
+        "train.steps=500",
+    )
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -64,10 +88,20 @@ def run_experiment(args: argparse.Namespace) -> int:
     if args.list or args.name is None:
         print("experiments:\n" + _describe())
         return 0
+    from ._multi import parse_sets
+
     output = args.output if args.output is not None else DEFAULT_OUTPUT / args.name
     size = "quick" if args.quick else "full"
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     start = time.perf_counter()
-    _run(args.name, output, size=size, seed=args.seed, progress=not args.quiet)
+    try:
+        _run(
+            args.name, output, size=size, seed=args.seed, progress=not args.quiet,
+            seeds=args.seeds, methods=methods, sets=parse_sets(args.sets),
+        )  # fmt: skip
+    except ValueError as err:
+        print(f"frame-peft experiment: error: {err}", file=sys.stderr)
+        return 2
     print(f"{args.name} ({size}, seed {args.seed}): wrote {output} in "
           f"{time.perf_counter() - start:.1f} s")  # fmt: skip
     return 0

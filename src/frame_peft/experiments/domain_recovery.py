@@ -4,13 +4,17 @@ Set-up (:mod:`.synthetic`): a frozen random d × d layer, T tasks whose teacher 
 in the fractional domain of order a_t (default d = 64, a_t ∈ {0, 0.3, 0.6, 1}, r_t = 4, chirp
 teachers), each task with its own input mean so a router can tell the tasks apart.
 
-Three parts, all on the same tasks and seed:
+Three parts, all on the same tasks, repeated for each seed (``--seeds N``; tables give mean ±
+std over seeds, and ``results.json`` keeps every seed):
 
-1. **Methods** (multi-task, union of the tasks): FRAME, MoE-LoRA (E = 8, k = 2, r = 2), LoRA
-   (r = k·r = 4) and FourierMoE (E = 8, k = 2, n = r·(d_in + d_out)/2 coefficients per expert).
-   Per task: relative error to the teacher on held-out inputs and the floor of the method's
-   per-token budget (Eckart–Young at spatial rank k·r for MoE-LoRA and LoRA; best k rings for
-   FourierMoE; for FRAME 0 when its orders equal the teacher's). r_t = k·r is chosen so that two
+1. **Methods** (multi-task, union of the tasks; :data:`.synthetic.METHOD_INFO`): FRAME as shipped,
+   FRAME with gradient-only orders, with the order scan, with orders fixed at the spread init;
+   MoE-LoRA (E = 8, k = 2, r = 2) and MoE-LoRA with rank 2r per expert (FRAME's per-token FLOPs:
+   the control FRAME must beat), LoRA (r = k·r = 4) and FourierMoE (E = 8, k = 2,
+   n = r·(d_in + d_out)/2 coefficients per expert). Per task: relative error to the teacher on
+   held-out inputs and the floor of the method's per-token budget (Eckart–Young at spatial rank
+   k·r for MoE-LoRA and LoRA, 2k·r for MoE-LoRA-2r; best k rings for FourierMoE; for FRAME 0
+   when its orders equal the teacher's). r_t = k·r is chosen so that two
    FRAME experts at the teacher's order can represent the teacher exactly while MoE-LoRA's
    per-token spatial rank k·r is below the teacher's 2·r_t whenever a_t ≠ 0 (with r_t = r, two
    spatial experts together would reach rank 2r and need no domain at all). For FRAME, per task:
@@ -21,10 +25,14 @@ Three parts, all on the same tasks and seed:
    transform (teachers and student exact), orders frozen for the first quarter of training, and
    the ORACLE (orders fixed at the teachers': what the parametrisation can do when the orders are
    right; routing is still learned). Routing remedies: oracle routing (router fixed to the task
-   means, :func:`.synthetic.task_router`) with learned orders, which isolates order learning;
-   routing held back for the first quarter (:func:`.synthetic.delayed_router`: router frozen at
-   its random init with dense gates, so the experts specialise before routing is decided), with
-   oracle or learned orders; and, with oracle orders, a 10x balance loss or router jitter.
+   means, :func:`.synthetic_train.task_router`) with learned orders, which isolates order
+   learning; routing held back for the first quarter (:func:`.synthetic_train.delayed_router`:
+   router frozen at its random init with dense gates, so the experts specialise before routing
+   is decided), with oracle or learned orders; and, with oracle orders, a 10x balance loss or
+   router jitter.
+   The ``scan-*`` variants vary the order scan: sketch basis shared or per expert, Switch balance
+   loss, one scan only, orders held after the scan, oracle routing, and teachers built with the
+   exact FrFT (found by the chirp surrogate, or by the exact transform).
 3. **Order basin** (no routing): one FRAME expert (E = k = 1, rank r_t) trained on one task from
    an initial order a_t ± δ (δ in units of 1/d, moved into (0, 1)); does its order converge to
    a_t? This measures the width of the basin of the teacher's order directly.
@@ -43,27 +51,33 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._multi import apply_sets, mean_std, scalar_mean_std, seed_list
 from ._output import write_outputs
 from ._plots import plot_basin, plot_method_errors, plot_order_traces
 from .domain_recovery_report import markdown_report
 from .synthetic import (
+    FRAME_METHODS,
+    METHOD_INFO,
     METHODS,
     Budget,
-    RunResult,
     TaskSpec,
-    TrainConfig,
     adapter_config,
     build_tasks,
-    delayed_router,
     rank_floor,
     spectral_floor,
+)
+from .synthetic_train import (
+    RunResult,
+    TrainConfig,
+    delayed_router,
     task_router,
     train_adapter,
 )
 
 NAME = "domain-recovery"
 
-#: FRAME variants: name -> one-line description.
+#: FRAME variants: name -> one-line description. The order-learning ones use FRAME with
+#: gradient-only orders, the ``scan-*`` ones FRAME with the order scan.
 VARIANTS = {
     "order-lr-1e-2": "order lr 1e-2 (default 1e-3)",
     "order-lr-1e-1": "order lr 1e-1",
@@ -81,6 +95,24 @@ VARIANTS = {
     "oracle-aux-0.1": "orders fixed at the teachers', router learned, balance loss coef 0.1 "
     "(default 0.01)",
     "oracle-jitter-0.1": "orders fixed at the teachers', router learned, router input jitter 0.1",
+    "scan-shared": "order scan with one sketch basis shared by a module's experts",
+    "scan-expert": "order scan with one sketch basis per expert",
+    "scan-switch": "order scan, per-expert Switch balance loss instead of the order-grouped one",
+    "scan-once": "one scan at 10 %, no rescans",
+    "scan-fixed": "order scan, orders then held (no gradient refinement)",
+    "scan-routed": "order scan with the router fixed to the task means (isolates the scan)",
+    "scan-exact-teachers": "teachers built with the exact FrFT, FRAME (chirp) with the order scan",
+    "scan-exact": "exact FrFT for teachers and FRAME, with the order scan",
+}
+SCAN_VARIANTS = {
+    "scan-shared": {"scan_basis": "shared"},
+    "scan-expert": {"scan_basis": "expert"},
+    "scan-switch": {"aux_loss": "switch"},
+    "scan-once": {"scan_at": [0.1]},
+    "scan-fixed": {"order_mode": "fixed"},
+    "scan-routed": {},
+    "scan-exact-teachers": {},
+    "scan-exact": {"transform": "exact"},
 }
 
 
@@ -138,7 +170,8 @@ class DomainRecoveryConfig:
             return cls(
                 tasks=TaskSpec(dim=16, eval_inputs=256),
                 train=TrainConfig(steps=100, batch_per_task=32, log_every=10),
-                variants=("oracle-routed",),
+                methods=("frame-scan", "moe-lora", "moe-lora-2r", "lora"),
+                variants=("oracle-routed", "scan-once"),
                 basin_offsets=(1, 8),
                 basin_tasks=(1, 2),
                 basin_steps=100,
@@ -157,9 +190,13 @@ def expert_orders(task_orders: tuple[float, ...], num_experts: int, offset: floa
 
 
 def _variant_run(name: str, cfg: DomainRecoveryConfig, seed: int) -> tuple[dict, RunResult]:
-    spec, train, frame = cfg.tasks, cfg.train, {}
+    spec, train, frame, method = cfg.tasks, cfg.train, {}, "frame-gradient"
     d, e = spec.dim, cfg.budget.num_experts
-    if name.startswith("order-lr-"):
+    if name.startswith("scan-"):
+        method, frame = "frame-scan", dict(SCAN_VARIANTS[name])
+        if name in ("scan-exact-teachers", "scan-exact"):
+            spec = replace(spec, teacher_transform="exact")
+    elif name.startswith("order-lr-"):
         train = replace(train, order_lr=float(name.removeprefix("order-lr-")))
     elif name.startswith("init-near"):
         frame["init_orders"] = expert_orders(spec.task_orders, e, 1.0 / d)
@@ -176,7 +213,7 @@ def _variant_run(name: str, cfg: DomainRecoveryConfig, seed: int) -> tuple[dict,
         elif name.startswith("oracle-jitter-"):
             frame["router_jitter"] = float(name.removeprefix("oracle-jitter-"))
     tasks = build_tasks(spec, seed)
-    config = adapter_config("frame", cfg.budget, **frame)
+    config = adapter_config(method, cfg.budget, **frame)
     # Oracle routing: expert i serves task i·T // E, the task whose order expert_orders gives it.
     prepare = on_step = None
     if name.endswith("-routed"):
@@ -246,48 +283,25 @@ def _basin(cfg: DomainRecoveryConfig, tasks, seed: int, tol: float) -> list[dict
     return rows
 
 
-def run(
-    output_dir: Path, *, size: str = "full", seed: int = 0, progress: bool = True
-) -> dict[str, Any]:
-    """Run the experiment at ``size`` ("full" | "quick"), write outputs, return the results."""
-    import time
-
-    cfg = DomainRecoveryConfig.for_size(size)
-    start = time.perf_counter()
-    say = print if progress else (lambda *a, **k: None)
+def _one_seed(cfg: DomainRecoveryConfig, seed: int, say) -> dict[str, Any]:
+    """Every part of the experiment for one seed."""
     tasks = build_tasks(cfg.tasks, seed)
     tol = cfg.tolerance_units / cfg.tasks.dim
-    k_rank = cfg.budget.top_k * cfg.budget.expert_rank
     all_tasks = list(range(tasks.num_tasks))
     methods: dict[str, Any] = {}
-    runs: dict[str, RunResult] = {}
+    traces: dict[str, Any] = {}
     for method in cfg.methods:
         run_ = train_adapter(tasks, adapter_config(method, cfg.budget), cfg.train, all_tasks, seed)
-        runs[method] = run_
-        floor = _floor(method, tasks, cfg.budget, k_rank)
         methods[method] = {
             "active_parameters": run_.active_parameters,
             "errors": run_.errors,
-            "floor": floor,
+            "floor": _floor(method, tasks, cfg.budget),
             "gates": run_.gates,
         }
-        say(f"[{NAME}] {method}: active={run_.active_parameters} errors={run_.errors}")
-    results: dict[str, Any] = {
-        "experiment": NAME,
-        "size": size,
-        "seed": seed,
-        "config": asdict(cfg),
-        "tolerance": tol,
-        "floor_kinds": {
-            "frame": "0 at the teachers' orders (oracle parametrisation)",
-            "moe-lora": f"Eckart-Young, spatial rank {k_rank}",
-            "lora": f"Eckart-Young, spatial rank {k_rank}",
-            "fouriermoe": f"best {cfg.budget.top_k} rings, Frobenius norm (approximate)",
-        },
-        "methods": methods,
-    }
-    if "frame" in runs:
-        results["frame_orders"] = _orders_entry(runs["frame"], cfg, tol)
+        if method in FRAME_METHODS:
+            methods[method]["orders"] = _orders_entry(run_, cfg, tol)
+            traces[method] = methods[method]["orders"]
+        say(f"[{NAME}] seed {seed} {method}: active={run_.active_parameters} errors={run_.errors}")
     variants: dict[str, Any] = {}
     for name in cfg.variants:
         frame_kwargs, run_ = _variant_run(name, cfg, seed)
@@ -297,32 +311,111 @@ def run(
             "errors": run_.errors,
             **_orders_entry(run_, cfg, tol),
         }
-        say(f"[{NAME}] variant {name}: errors={run_.errors} orders={run_.orders}")
-    results["variants"] = variants
-    results["basin"] = _basin(cfg, tasks, seed, tol)
-    recovered = [(r["task"], r["offset_units"]) for r in results["basin"] if r["recovered"]]
-    say(f"[{NAME}] basin: recovered (task, offset·d) = {recovered}")
+        say(f"[{NAME}] seed {seed} variant {name}: errors={run_.errors} orders={run_.orders}")
+    basin = _basin(cfg, tasks, seed, tol)
+    recovered = [(r["task"], r["offset_units"]) for r in basin if r["recovered"]]
+    say(f"[{NAME}] seed {seed} basin: recovered (task, offset·d) = {recovered}")
+    return {"methods": methods, "variants": variants, "basin": basin}
+
+
+def _aggregate(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds of one method's (or variant's) per-task errors and order recovery."""
+    errors = [e["errors"] for e in entries]
+    mean, std = mean_std(errors)
+    task_means = [sum(row) / len(row) for row in errors]
+    out: dict[str, Any] = {
+        "errors": mean,
+        "errors_std": std,
+        "errors_per_seed": errors,
+        "mean_error": scalar_mean_std(task_means)[0],
+        "mean_error_std": scalar_mean_std(task_means)[1],
+    }
+    orders = [e.get("orders", e) for e in entries]
+    if "num_recovered" in orders[0]:
+        out["num_recovered_per_seed"] = [o["num_recovered"] for o in orders]
+        served = [o["mean_served_order_error"] for o in orders]
+        out["mean_served_order_error"], out["mean_served_order_error_std"] = scalar_mean_std(served)
+    return out
+
+
+def run(
+    output_dir: Path,
+    *,
+    size: str = "full",
+    seed: int = 0,
+    progress: bool = True,
+    seeds: int = 1,
+    methods: list[str] | None = None,
+    sets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the experiment at ``size`` ("full" | "quick") for ``seeds`` consecutive seeds from
+    ``seed``, write outputs, return the results. ``methods`` replaces the methods of part 1,
+    ``sets`` overrides config fields (``{"tasks.dim": 128, ...}``, see :mod:`._multi`)."""
+    import time
+
+    cfg = DomainRecoveryConfig.for_size(size)
+    cfg = apply_sets(cfg, sets or {})
+    if methods is not None:
+        cfg = replace(cfg, methods=tuple(methods))
+    start = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    seed_values = seed_list(seed, seeds)
+    per_seed = {s: _one_seed(cfg, s, say) for s in seed_values}
+    first = per_seed[seed_values[0]]
+    k_rank = cfg.budget.top_k * cfg.budget.expert_rank
+    results: dict[str, Any] = {
+        "experiment": NAME,
+        "size": size,
+        "seeds": seed_values,
+        "config": asdict(cfg),
+        "tolerance": cfg.tolerance_units / cfg.tasks.dim,
+        "floor_kinds": {
+            "frame*": "0 at the teachers' orders (oracle parametrisation)",
+            "moe-lora": f"Eckart-Young, spatial rank {k_rank}",
+            "moe-lora-2r": f"Eckart-Young, spatial rank {2 * k_rank}",
+            "lora": f"Eckart-Young, spatial rank {k_rank}",
+            "fouriermoe": f"best {cfg.budget.top_k} rings, Frobenius norm (approximate)",
+        },
+        "methods": {
+            m: {
+                "description": METHOD_INFO[m],
+                "active_parameters": first["methods"][m]["active_parameters"],
+                "floor": mean_std([per_seed[s]["methods"][m]["floor"] for s in seed_values])[0],
+                **_aggregate([per_seed[s]["methods"][m] for s in seed_values]),
+            }
+            for m in cfg.methods
+        },
+        "variants": {
+            v: {
+                "description": VARIANTS[v],
+                "frame_options": first["variants"][v]["frame_options"],
+                **_aggregate([per_seed[s]["variants"][v] for s in seed_values]),
+            }
+            for v in cfg.variants
+        },
+        "per_seed": {str(s): per_seed[s] for s in seed_values},
+    }
     elapsed = time.perf_counter() - start
+    tol = results["tolerance"]
     plots = {
         "errors": lambda plt: plot_method_errors(plt, results, cfg.tasks.task_orders),
-        "basin": lambda plt: plot_basin(plt, results["basin"], cfg.tasks.dim, tol),
+        "basin": lambda plt: plot_basin(plt, first["basin"], cfg.tasks.dim, tol),
     }
-    traces = {
-        f"FRAME {n}": v
-        for n, v in variants.items()
-        if v["frame_options"].get("order_mode") != "fixed"
-    }
-    if "frame_orders" in results:
-        traces = {"FRAME (default)": results["frame_orders"], **traces}
+    traces = {f"FRAME {n}": first["methods"][n]["orders"] for n in cfg.methods
+              if n in FRAME_METHODS}  # fmt: skip
+    traces.update({f"FRAME {n}": v for n, v in first["variants"].items()
+                   if v["frame_options"].get("order_mode") != "fixed"})  # fmt: skip
     if traces:
         plots["orders"] = lambda plt: plot_order_traces(plt, traces, cfg.tasks.task_orders)
-    write_outputs(output_dir, results, markdown_report(results, cfg, seed, elapsed), plots)
+    write_outputs(output_dir, results, markdown_report(results, cfg, elapsed), plots)
     return results
 
 
-def _floor(method: str, tasks, budget: Budget, k_rank: int) -> list[float]:
-    if method in ("moe-lora", "lora"):
-        return [round(f, 6) for f in rank_floor(tasks, k_rank)]
+def _floor(method: str, tasks, budget: Budget) -> list[float]:
+    k_rank = budget.top_k * budget.expert_rank
+    if method in ("moe-lora", "lora", "moe-lora-2r"):
+        rank = 2 * k_rank if method == "moe-lora-2r" else k_rank
+        return [round(f, 6) for f in rank_floor(tasks, rank)]
     if method == "fouriermoe":
         return [
             round(f, 6)
@@ -347,6 +440,7 @@ def _orders_entry(run_: RunResult, cfg: DomainRecoveryConfig, tol: float) -> dic
         "initial_orders": run_.initial_orders,
         "final_orders": run_.orders,
         "gates": run_.gates,
+        "scans": run_.scans,
         "per_task": per_task,
         "num_recovered": sum(r["recovered"] for r in per_task),
         "mean_served_order_error": round(

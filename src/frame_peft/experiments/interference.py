@@ -16,17 +16,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._multi import apply_sets, mean_std, pm, scalar_mean_std, seed_list
 from ._output import markdown_table, write_outputs
 from .synthetic import (
+    METHOD_INFO,
     METHODS,
     Budget,
     TaskSpec,
-    TrainConfig,
     adapter_config,
     build_tasks,
     rank_floor,
-    train_adapter,
 )
+from .synthetic_train import TrainConfig, train_adapter
 
 NAME = "interference"
 
@@ -43,7 +44,8 @@ class InterferenceConfig:
     tasks: TaskSpec = field(default_factory=TaskSpec)
     budget: Budget = field(default_factory=Budget)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000))
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ("frame", "frame-scan", "frame-fixed", "moe-lora", "moe-lora-2r",
+                                "lora", "fouriermoe")  # fmt: skip
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
@@ -58,42 +60,77 @@ class InterferenceConfig:
             return cls(
                 tasks=TaskSpec(dim=16, eval_inputs=256),
                 train=TrainConfig(steps=60, batch_per_task=32, log_every=10),
+                methods=("frame-scan", "moe-lora", "lora"),
             )
         raise ValueError(f"size must be 'full' or 'quick', got {size!r}")
 
 
-def run(
-    output_dir: Path, *, size: str = "full", seed: int = 0, progress: bool = True
-) -> dict[str, Any]:
-    """Run the experiment at ``size`` ("full" | "quick"), write outputs, return the results."""
-    cfg = InterferenceConfig.for_size(size)
-    start = time.perf_counter()
+def _one_seed(cfg: InterferenceConfig, seed: int, say) -> dict[str, Any]:
     tasks = build_tasks(cfg.tasks, seed)
     all_tasks = list(range(tasks.num_tasks))
-    floor = [round(f, 6) for f in rank_floor(tasks, cfg.budget.top_k * cfg.budget.expert_rank)]
-    methods: dict[str, Any] = {}
+    out: dict[str, Any] = {
+        "rank_floor": [
+            round(f, 6) for f in rank_floor(tasks, cfg.budget.top_k * cfg.budget.expert_rank)
+        ],
+        "methods": {},
+    }
     for method in cfg.methods:
         config = adapter_config(method, cfg.budget)
         multi = train_adapter(tasks, config, cfg.train, all_tasks, seed)
         single = [train_adapter(tasks, config, cfg.train, [t], seed).errors[0] for t in all_tasks]
         gap = [round(m - s, 6) for m, s in zip(multi.errors, single, strict=True)]
-        methods[method] = {
+        out["methods"][method] = {
             "active_parameters": multi.active_parameters,
             "single": single,
             "multi": multi.errors,
             "gap": gap,
             "mean_gap": round(sum(gap) / len(gap), 6),
         }
-        if progress:
-            print(f"[{NAME}] {method}: single={single} multi={multi.errors}")
+        say(f"[{NAME}] seed {seed} {method}: single={single} multi={multi.errors}")
+    return out
+
+
+def run(
+    output_dir: Path,
+    *,
+    size: str = "full",
+    seed: int = 0,
+    progress: bool = True,
+    seeds: int = 1,
+    methods: list[str] | None = None,
+    sets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the experiment at ``size`` ("full" | "quick") for ``seeds`` seeds from ``seed``, write
+    outputs, return the results (``methods``/``sets`` as in ``domain-recovery``)."""
+    from dataclasses import replace
+
+    cfg = apply_sets(InterferenceConfig.for_size(size), sets or {})
+    if methods is not None:
+        cfg = replace(cfg, methods=tuple(methods))
+    start = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    seed_values = seed_list(seed, seeds)
+    per_seed = {s: _one_seed(cfg, s, say) for s in seed_values}
+    methods_out: dict[str, Any] = {}
+    for method in cfg.methods:
+        rows = [per_seed[s]["methods"][method] for s in seed_values]
+        entry: dict[str, Any] = {
+            "description": METHOD_INFO[method],
+            "active_parameters": rows[0]["active_parameters"],
+        }
+        for key in ("single", "multi", "gap"):
+            entry[key], entry[f"{key}_std"] = mean_std([r[key] for r in rows])
+        entry["mean_gap"], entry["mean_gap_std"] = scalar_mean_std([r["mean_gap"] for r in rows])
+        entry["per_seed"] = {str(s): r for s, r in zip(seed_values, rows, strict=True)}
+        methods_out[method] = entry
     results = {
         "experiment": NAME,
         "size": size,
-        "seed": seed,
+        "seeds": seed_values,
         "config": asdict(cfg),
-        "rank_floor": floor,
+        "rank_floor": mean_std([per_seed[s]["rank_floor"] for s in seed_values])[0],
         "rank_floor_rank": cfg.budget.top_k * cfg.budget.expert_rank,
-        "methods": methods,
+        "methods": methods_out,
     }
     elapsed = time.perf_counter() - start
     plots = {"gap": lambda plt: _plot_gap(plt, results, cfg.tasks.task_orders)}
@@ -109,14 +146,16 @@ def _markdown(results: dict[str, Any], cfg: InterferenceConfig, elapsed: float) 
             f"{s:.3f} / {u:.3f} / {g:+.3f}"
             for s, u, g in zip(m["single"], m["multi"], m["gap"], strict=True)
         ]
-        rows.append([method, m["active_parameters"], *cells, f"{m['mean_gap']:+.3f}"])
+        rows.append([method, m["active_parameters"], *cells, pm(m["mean_gap"], m["mean_gap_std"])])
     floor = ", ".join(f"{f:.3f}" for f in results["rank_floor"])
+    seeds = results["seeds"]
     return "\n".join(
         [
-            f"# {NAME} ({results['size']}, seed {results['seed']})",
+            f"# {NAME} ({results['size']}, seeds {', '.join(map(str, seeds))})",
             "",
             f"d = {cfg.tasks.dim}, {cfg.train.steps} steps x {cfg.train.batch_per_task} inputs "
-            f"per task in both settings. Runtime {elapsed:.0f} s.",
+            f"per task in both settings. Runtime {elapsed:.0f} s. Means over {len(seeds)} "
+            "seed(s); the mean gap also ± std over seeds.",
             "",
             "## Relative error per task: single-task / multi-task / gap (multi - single)",
             "",

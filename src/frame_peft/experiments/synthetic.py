@@ -32,7 +32,6 @@ teacher's 2-D spectrum, in the plain Frobenius norm: an approximation of the met
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -42,8 +41,25 @@ from .. import FourierMoEConfig, FrameConfig, LoRAConfig, MoELoRAConfig
 from ..core.config import AdapterConfig
 from ..transforms import get_transform
 
-#: The methods compared, in table order.
-METHODS = ("frame", "moe-lora", "lora", "fouriermoe")
+#: The methods compared, in table order, with what each is.
+METHOD_INFO = {
+    "frame": "FRAME as shipped (FrameConfig defaults)",
+    "frame-gradient": "FRAME, orders by the order optimizer only (the paper's description)",
+    "frame-scan": "FRAME with the order scan (order_search='scan')",
+    "frame-fixed": "FRAME, orders fixed at the spread init (no order learning)",
+    "moe-lora": "MoE-LoRA, rank r per expert",
+    "moe-lora-2r": "MoE-LoRA, rank 2r per expert (FRAME's per-token FLOPs)",
+    "lora": "LoRA, rank k·r",
+    "fouriermoe": "FourierMoE",
+}
+METHODS = tuple(METHOD_INFO)
+#: FRAME options each FRAME method fixes.
+FRAME_METHODS = {
+    "frame": {},
+    "frame-gradient": {"order_search": "gradient"},
+    "frame-scan": {"order_search": "scan"},
+    "frame-fixed": {"order_mode": "fixed"},
+}
 
 
 def _check(cond: bool, name: str, value: object, allowed: str) -> None:
@@ -174,6 +190,7 @@ class Budget:
     """The matched budget: mixtures use E experts, top-k, rank r per expert.
 
     LoRA gets rank k·r (the same factor parameters per token as k experts; it has no router),
+    MoE-LoRA-2r rank 2r per expert (the spatial rank, and per-token FLOPs, of a FRAME expert),
     FourierMoE n = ⌈r·(d_in + d_out)/2⌉ complex coefficients per expert (2n real numbers, the size
     of a rank-r expert; its config default). FRAME adds E order scalars. The exact active counts
     are measured with ``fp.count_parameters`` and reported.
@@ -192,16 +209,19 @@ class Budget:
 def adapter_config(method: str, budget: Budget, **frame_kwargs: object) -> AdapterConfig:
     """The config of ``method`` at ``budget`` (dropout 0: the tasks are noise-free regressions).
 
-    ``frame_kwargs`` (``transform``, ``order_mode``, ``init_orders``) apply to FRAME only.
+    ``frame_kwargs`` (any FrameConfig field: ``transform``, ``order_mode``, ``init_orders``,
+    ``scan_*``, ...) apply to the FRAME methods only, on top of what the method fixes.
     """
     common = {"target_modules": ["proj"], "dropout": 0.0}
     mix = {"num_experts": budget.num_experts, "top_k": budget.top_k, "rank": budget.expert_rank}
-    if method == "frame":
-        return FrameConfig(**common, **mix, **frame_kwargs)
+    if method in FRAME_METHODS:
+        return FrameConfig(**common, **mix, **{**FRAME_METHODS[method], **frame_kwargs})
     if frame_kwargs:
         raise ValueError(f"FRAME options {sorted(frame_kwargs)} given for method {method!r}")
     if method == "moe-lora":
         return MoELoRAConfig(**common, **mix)
+    if method == "moe-lora-2r":
+        return MoELoRAConfig(**common, **{**mix, "rank": 2 * budget.expert_rank})
     if method == "lora":
         return LoRAConfig(**common, rank=budget.top_k * budget.expert_rank)
     if method == "fouriermoe":
@@ -249,190 +269,3 @@ def spectral_floor(tasks: TaskSet, positions: torch.Tensor, top_k: int) -> list[
         captured = per_expert.topk(min(top_k, len(per_expert))).values.sum()
         out.append(float((1 - captured / power.sum()).clamp_min(0).sqrt()))
     return out
-
-
-# Training -------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainConfig:
-    """The training loop shared by all methods.
-
-    Each step draws ``batch_per_task`` fresh inputs of every trained task, minimises the relative
-    squared error ``Σ‖ΔŶ − ΔY‖² / Σ‖ΔY‖²`` plus ``fp.aux_loss`` with ``fp.build_optimizer`` (AdamW
-    on the factors at ``lr``, the separate AdamW on FRAME's order logits at ``order_lr``; each set
-    clipped to grad norm 1, the library default), linear warm-up over ``warmup_fraction`` of the
-    steps then cosine decay to 0, the same shape for both sets. ``order_freeze_steps`` keeps the
-    order learning rate at 0 for the first steps (warm-up with fixed orders).
-    """
-
-    steps: int = 3000
-    batch_per_task: int = 64
-    lr: float = 1e-2
-    order_lr: float = 1e-3
-    warmup_fraction: float = 0.05
-    order_freeze_steps: int = 0
-    log_every: int = 50
-
-    def __post_init__(self) -> None:
-        _check(self.steps >= 1, "steps", self.steps, ">= 1")
-        _check(self.batch_per_task >= 1, "batch_per_task", self.batch_per_task, ">= 1")
-        _check(self.lr > 0, "lr", self.lr, "> 0")
-        _check(self.order_lr >= 0, "order_lr", self.order_lr, ">= 0")
-        _check(0 <= self.warmup_fraction < 1, "warmup_fraction", self.warmup_fraction, "in [0, 1)")
-        _check(
-            0 <= self.order_freeze_steps <= self.steps,
-            "order_freeze_steps",
-            self.order_freeze_steps,
-            "in [0, steps]",
-        )
-        _check(self.log_every >= 1, "log_every", self.log_every, ">= 1")
-
-
-@dataclass
-class RunResult:
-    """One trained adapter. Per-task lists follow the ``task_ids`` it was trained on."""
-
-    task_ids: list[int]
-    errors: list[float]
-    active_parameters: int
-    gates: list[list[float]] | None = None  # per task, mean renormalised gate of each expert
-    orders: list[float] | None = None  # FRAME: final orders (E,)
-    initial_orders: list[float] | None = None
-    order_history: list[list[float]] = field(default_factory=list)  # FRAME: (logged steps, E)
-    loss_history: list[float] = field(default_factory=list)
-    logged_steps: list[int] = field(default_factory=list)
-
-
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    warm = int(cfg.warmup_fraction * cfg.steps)
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, cfg.steps - warm)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _frame_orders(model: nn.Module) -> list[float] | None:
-    from .. import orders
-
-    found = orders(model)
-    return [round(float(a), 6) for a in found["proj"]] if found else None
-
-
-def train_adapter(
-    tasks: TaskSet,
-    config: AdapterConfig,
-    train: TrainConfig,
-    task_ids: list[int],
-    seed: int,
-    prepare: Callable[[nn.Module], None] | None = None,
-    on_step: Callable[[nn.Module, int], None] | None = None,
-) -> RunResult:
-    """Inject ``config`` into a fresh :class:`FrozenBase`, train on ``task_ids``, evaluate.
-
-    Seeds: the adapter initialisation uses ``torch.manual_seed(seed)``, the training inputs a
-    generator seeded with ``seed + 1``; held-out inputs come from the task set. ``prepare(model)``
-    runs after injection, before the optimizer is built (e.g. to fix and freeze a router);
-    ``on_step(model, step)`` runs at the start of every step (e.g. :func:`delayed_router`).
-    """
-    import frame_peft as fp
-
-    torch.manual_seed(seed)
-    model = fp.inject(FrozenBase(tasks.w0), config)
-    if prepare is not None:
-        prepare(model)
-    opt = fp.build_optimizer(model, lr=train.lr, order_lr=train.order_lr)
-    base_lrs = [group["lr"] for group in opt.param_groups]
-    gen = torch.Generator().manual_seed(seed + 1)
-    result = RunResult(task_ids, [], fp.count_parameters(model)["active_per_token"])
-    result.initial_orders = _frame_orders(model)
-    for step in range(train.steps):
-        if on_step is not None:
-            on_step(model, step)
-        factor = _lr_factor(step, train)
-        for group, base in zip(opt.param_groups, base_lrs, strict=True):
-            frozen = group.get("name") == "order" and step < train.order_freeze_steps
-            group["lr"] = 0.0 if frozen else base * factor
-        x = tasks.sample(task_ids, train.batch_per_task, gen)
-        target = tasks.teacher_delta(task_ids, x)
-        pred = model(x) - x @ tasks.w0.T
-        task_loss = (pred - target).pow(2).sum() / target.pow(2).sum()
-        loss = task_loss + fp.aux_loss(model)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % train.log_every == 0 or step == train.steps - 1:
-            result.logged_steps.append(step)
-            result.loss_history.append(round(float(task_loss.detach()), 6))
-            current = _frame_orders(model)
-            if current is not None:
-                result.order_history.append(current)
-    result.errors, result.gates = evaluate(model, tasks, task_ids)
-    result.orders = _frame_orders(model)
-    return result
-
-
-def evaluate(
-    model: nn.Module, tasks: TaskSet, task_ids: list[int]
-) -> tuple[list[float], list[list[float]] | None]:
-    """Relative errors on the held-out inputs of ``task_ids`` and, for mixtures, the mean
-    renormalised gate of every expert per task (rows sum to 1), read through a routing observer."""
-    from .. import routing_context
-    from ..core.inject import find_injection
-
-    seen: list[torch.Tensor] = []
-    remove = find_injection(model).state.add_observer(
-        lambda name, routing, mask, ids: seen.append(routing.gates.detach())
-    )
-    x = tasks.eval_x[task_ids]
-    try:
-        with torch.no_grad(), routing_context(task_ids=torch.tensor(task_ids)):
-            pred = model(x) - x @ tasks.w0.T
-    finally:
-        remove()
-    errors = [round(e, 6) for e in relative_errors(pred, tasks.teacher_delta(task_ids, x))]
-    if not seen:
-        return errors, None
-    gates = seen[0].reshape(len(task_ids), x.shape[1], -1).mean(dim=1)
-    return errors, [[round(float(g), 6) for g in row] for row in gates]
-
-
-def task_router(tasks: TaskSet, expert_tasks: list[int], sharpness: float = 10.0):
-    """A ``prepare`` hook that fixes the router to the task means and freezes it: expert e's
-    router row is ``sharpness · μ_{expert_tasks[e]} / ‖μ‖``, so the experts assigned to a task
-    share its logit (equal gates) and win whenever the input's mean is that task's (oracle
-    routing)."""
-
-    def prepare(model: nn.Module) -> None:
-        from .. import adapted_layers
-
-        router = adapted_layers(model)["proj"].adapter.router
-        rows = tasks.means[expert_tasks]
-        with torch.no_grad():
-            router.weight.copy_(sharpness * rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        router.weight.requires_grad_(False)
-
-    return prepare
-
-
-def delayed_router(steps: int) -> Callable[[nn.Module, int], None]:
-    """An ``on_step`` hook that holds routing back for the first ``steps`` steps: the router stays
-    frozen at its random initialisation (N(0, 0.02), so its logits are small) and is dense (every
-    expert gets its softmax gate, about 1/E each), so all experts train on all tasks before any
-    routing decision; from step ``steps`` on the router is top-k and learned as usual. A frozen
-    router gets no gradient, so the optimizer skips it (no update, no weight decay)."""
-    saved: dict[str, int | None] = {}
-
-    def on_step(model: nn.Module, step: int) -> None:
-        from .. import adapted_layers
-
-        router = adapted_layers(model)["proj"].adapter.router
-        if step == 0 and steps > 0:
-            saved["top_k"] = router.top_k
-            router.top_k = None
-            router.weight.requires_grad_(False)
-        elif step == steps and saved:
-            router.top_k = saved.pop("top_k")
-            router.weight.requires_grad_(True)
-
-    return on_step

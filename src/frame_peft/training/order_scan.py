@@ -49,18 +49,23 @@ def uses_scan(model: torch.nn.Module) -> bool:
     return inj is not None and getattr(inj.config, "order_search", None) == "scan"
 
 
-def gather_stats(stats: dict[str, TokenStats]) -> dict[str, TokenStats]:
-    """Every process's recorded tokens, concatenated in rank order (the same on all ranks)."""
+def gather_stats(
+    stats: dict[str, TokenStats], scale: float | None
+) -> tuple[dict[str, TokenStats], float | None]:
+    """Every process's recorded tokens, concatenated in rank order, and the mean of the
+    processes' scales (the same on all ranks)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return stats
+        return stats, scale
     parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, {n: (s.x, s.delta, s.gates) for n, s in stats.items()})
-    names = sorted({n for p in parts for n in p})
+    mine = ({n: (s.x, s.delta, s.gates) for n, s in stats.items()}, scale)
+    dist.all_gather_object(parts, mine)
+    names = sorted({n for p, _ in parts for n in p})
     out = {}
     for name in names:
-        pieces = [p[name] for p in parts if name in p]
+        pieces = [p[name] for p, _ in parts if name in p]
         out[name] = TokenStats(*(torch.cat(t) for t in zip(*pieces, strict=True)))
-    return out
+    scales = [s for _, s in parts if s is not None]
+    return out, (sum(scales) / len(scales) if scales else None)
 
 
 def lm_scan_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

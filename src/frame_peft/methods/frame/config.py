@@ -54,7 +54,7 @@ class FrameConfig(MoELoRAConfig):
     scan_tokens: int = 1024
     scan_sketch_rank: int = 16
     scan_basis: str = "shared"
-    scan_grid: float = 2.0
+    scan_grid: float = 1.0
     scan_margin: float = 0.05
 
     def validate_settings(self, s: dict[str, Any]) -> None:

@@ -149,6 +149,11 @@ def side_grams(
     ``basis`` (G, d, q) real; ``orders`` (J,). Two transforms of G·q rows per order, chunked.
     """
     forward, _ = get_transform(transform)
+    if transform == "chirp":  # candidate orders lie in [0, 1]: no reversal gather
+
+        def forward(x, a, dim, _f=forward):
+            return _f(x, a, dim=dim, unit_orders=True)
+
     g, d, q = basis.shape
     rows = basis.transpose(1, 2).reshape(g * q, d).to(torch.float32).contiguous()
     per_call = max(1, MAX_ELEMENTS // (g * q * d))

@@ -4,8 +4,11 @@ Gradient descent does not find FRAME's orders (the fitted-energy landscape has f
 wide, and routing settles first; ``docs/experiments.md``). The scan reverses the roles: once
 routing has settled, for every FRAME module and expert e
 
-1. record a few batches' inputs, gates and output gradients with the experts at zero
-   (:mod:`.scan_stats`), form the whitened target W_e (:mod:`.scan_targets`) and sketch it;
+1. record a few batches' inputs, gates and output gradients (:mod:`.scan_stats`): with the
+   experts at zero on the first scan; with them on for a rescan, where each expert's target is
+   then ``λ δ`` plus its own contribution ``s g ΔW_e x`` (what it does now, plus what is left to
+   do; λ from the loss's curvature along the adapters' update). Form the whitened target W_e
+   (:mod:`.scan_targets`) and sketch it;
 2. score every order on a grid of step 1/(``grid``·d), d = max(d_in, d_out), by the fitted
    energy of a rank-r expert (:mod:`.order_fit`; a cheap screen: the sketch's leading
    ``SCREEN_RANK`` directions and no IHT), run the full fit at the ``REFINE_PEAKS`` best local
@@ -68,7 +71,7 @@ class ScanSettings:
         seed: the seed of every random draw (token choice, sketches).
     """
 
-    grid: float = 2.0
+    grid: float = 1.0
     sketch_rank: int = 16
     basis: str = "shared"
     iters: int = 8
@@ -111,6 +114,7 @@ class ScanReport:
     first: bool
     step: int | None
     modules: list[ModuleScan] = field(default_factory=list)
+    scale: float | None = None  # λ of a rescan's add-back targets (None: first scan)
     seconds_statistics: float = 0.0
     seconds_search: float = 0.0
     tokens: int = 0
@@ -163,17 +167,35 @@ def _best(scores: dict) -> tuple[float, float]:
     return order, scores[order]
 
 
+def _add_back(adapter: FrameAdapter, stats: TokenStats, scale: float):
+    """``delta_for`` of a rescan: ``λ δ_n + s g_{n,e} ΔW_e x_n`` for expert e's routed tokens."""
+    with torch.no_grad():
+        a_eff, b_eff = (t.detach().double().cpu() for t in adapter.expert_factors())
+
+    def delta_for(e: int, routed: torch.Tensor) -> torch.Tensor:
+        x = stats.x[routed].double()
+        gate = stats.gates[routed, e].double().unsqueeze(1)
+        own = (x @ a_eff[e].T) @ b_eff[e].T * (adapter.scale * gate)
+        return scale * stats.delta[routed].double() + own
+
+    return delta_for
+
+
 def scan_module(
     adapter: FrameAdapter,
     stats: TokenStats,
     settings: ScanSettings,
     first: bool,
+    scale: float | None = None,
 ) -> tuple[ModuleScan, list[tuple[int, float, bool]]]:
     """Score orders for every expert of ``adapter`` from ``stats``; returns the report and the
-    jumps ``(expert, new order, held)`` (nothing is changed here)."""
+    jumps ``(expert, new order, held)`` (nothing is changed here). ``scale`` (rescans with the
+    adapters on, :func:`.scan_stats.record` mode ``"current"``): each expert's target is
+    ``λ δ`` plus its own contribution."""
     t0 = time.perf_counter()
     d = max(adapter.in_features, adapter.out_features)
-    targets = whitened_targets(stats)
+    delta_for = None if scale is None else _add_back(adapter, stats, scale)
+    targets = whitened_targets(stats, delta_for=delta_for)
     sketch, present = sketch_targets(
         targets, adapter.out_features, adapter.in_features, settings.sketch_rank, settings.basis,
         settings.seed,
@@ -263,15 +285,16 @@ def search_orders(
     optimizer: torch.optim.Optimizer | None = None,
     step: int | None = None,
     progress: Callable[[str], None] | None = None,
+    scale: float | None = None,
 ) -> ScanReport:
     """Steps 2-3 of the scan on recorded statistics: choose orders and jump, module by module."""
-    report = ScanReport(first, step)
+    report = ScanReport(first, step, scale=scale)
     t0 = time.perf_counter()
     adapters = frame_adapters(model)
     for i, (name, adapter) in enumerate(adapters.items()):
         if name not in stats:
             continue
-        module_report, jumps = scan_module(adapter, stats[name], settings, first)
+        module_report, jumps = scan_module(adapter, stats[name], settings, first, scale)
         apply_jumps(
             adapter, jumps, optimizer, seed=settings.seed * 1_000_003 + (step or 0) * 1009 + i
         )
@@ -302,7 +325,7 @@ def scan_orders(
     first: bool = True,
     settings: ScanSettings | None = None,
     tokens_per_batch: int | None = None,
-    gather: Callable[[dict[str, TokenStats]], dict[str, TokenStats]] | None = None,
+    gather: Callable[..., tuple[dict[str, TokenStats], float | None]] | None = None,
     step: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ScanReport:
@@ -316,8 +339,9 @@ def scan_orders(
         first: the first scan jumps every expert; later ones only with the margin.
         settings: the search settings; default: from the model's FrameConfig.
         tokens_per_batch: tokens kept per module and batch (default from the config).
-        gather: in distributed runs, merges every process's statistics (all processes must
-            then see the same merged statistics, and make the same jumps).
+        gather: in distributed runs, ``gather(stats, scale) -> (stats, scale)`` merges every
+            process's statistics (all processes must then see the same merged statistics and
+            scale, and make the same jumps).
         step, progress: recorded in the report / called with progress lines.
     """
     frame_adapters(model)  # refuses models without FRAME modules
@@ -327,13 +351,22 @@ def scan_orders(
         tokens_per_batch = math.ceil(config.scan_tokens / max(1, config.scan_batches))
     t0 = time.perf_counter()
     seed = settings.seed + (step or 0)
-    stats = record(model, batches, loss_fn or lm_loss, tokens_per_batch, seed)
+    mode = "zero" if first else "current"
+    grads = {p: p.grad for p in model.parameters() if p.requires_grad}
+    try:
+        for p in grads:
+            p.grad = None
+        stats, scale = record(model, batches, loss_fn or lm_loss, tokens_per_batch, seed, mode)
+    finally:
+        for p, g in grads.items():  # the statistics pass leaves no gradient behind
+            p.grad = g
     if gather is not None:
-        stats = gather(stats)
+        stats, scale = gather(stats, scale)
     seconds = time.perf_counter() - t0
     report = search_orders(
-        model, stats, settings, first=first, optimizer=optimizer, step=step, progress=progress
-    )
+        model, stats, settings, first=first, optimizer=optimizer, step=step, progress=progress,
+        scale=scale,
+    )  # fmt: skip
     report.seconds_statistics = seconds
     report.tokens = sum(s.num_tokens for s in stats.values()) // max(1, len(stats))
     return report

@@ -24,6 +24,7 @@ steps), or one per expert; the cores ``S_e = Uᵀ W_e V`` are exact projections 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,17 @@ class Target:
         return self.l.T @ self.k
 
 
-def whitened_targets(stats: TokenStats, ridge: float = RIDGE) -> list[Target | None]:
-    """One :class:`Target` per expert (None for an expert no recorded token was routed to)."""
+def whitened_targets(
+    stats: TokenStats,
+    ridge: float = RIDGE,
+    delta_for: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> list[Target | None]:
+    """One :class:`Target` per expert (None for an expert no recorded token was routed to).
+
+    ``delta_for(e, routed)`` (rescans) replaces δ of expert e's routed tokens (a bool mask over
+    the recorded tokens) with what it returns, (N_e, d_out): the residual target plus the
+    expert's own contribution.
+    """
     x, delta, gates = stats.x.double(), stats.delta.double(), stats.gates.double()
     d_in = x.shape[1]
     out: list[Target | None] = []
@@ -71,7 +81,8 @@ def whitened_targets(stats: TokenStats, ridge: float = RIDGE) -> list[Target | N
             out.append(None)
             continue
         root = gates[routed, e].sqrt().unsqueeze(1)
-        xg, dg = x[routed] * root, delta[routed] * root
+        own = delta[routed] if delta_for is None else delta_for(e, routed).double()
+        xg, dg = x[routed] * root, own * root
         trace = float(xg.square().sum())
         lam = ridge * trace / d_in if trace > 0 else ridge
         if n < d_in:

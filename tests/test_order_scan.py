@@ -180,7 +180,10 @@ def test_scan_orders_entry_point_on_a_plain_module():
     def loss_fn(m, x):
         return (m(x) - m[0].base_layer(x) - x @ target.float().T).square().sum()
 
+    marker = torch.full_like(adapter.B, 7.0)
+    adapter.B.grad = marker
     report = scan_orders(model, batches, loss_fn=loss_fn, tokens_per_batch=64)
+    assert adapter.B.grad is marker and adapter.A.grad is None  # the caller's grads, untouched
     assert report.first and report.tokens == 6 * 64
     best = [e.best_order for e in report.modules[0].experts]
     assert all(abs(b - 0.45) <= 1 / (8 * d) + 1e-9 for b in best)
@@ -188,3 +191,26 @@ def test_scan_orders_entry_point_on_a_plain_module():
     assert torch.all(adapter.B == 0)  # reset: the experts restart at the new order
     with pytest.raises(ValueError, match="FRAME only"):
         scan_orders(fp.inject(single_linear(8, 8), fp.LoRAConfig(target_modules=["0"])), [])
+
+
+def test_rescan_scale_turns_the_gradient_into_the_residual_for_squared_error():
+    from frame_peft.methods.frame.scan_stats import record
+
+    d, z = 16, 250.0
+    model, adapter = _frame(d, 2, 2)
+    with torch.no_grad():
+        adapter.B.normal_(0.0, 0.2)
+    target = _planted(d, d, 2, 0.3).float()
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(32, d, generator=g) for _ in range(3)]
+
+    def loss_fn(m, x):
+        pred = m(x) - m[0].base_layer(x)
+        return (pred - x @ target.T).square().sum() / z
+
+    stats, scale = record(model, batches, loss_fn, tokens_per_batch=32, mode="current")
+    assert scale == pytest.approx(z / 2, rel=1e-4)  # exact for a squared error
+    s = stats["0"]
+    with torch.no_grad():
+        pred = model(s.x) - model[0].base_layer(s.x)
+    torch.testing.assert_close(scale * s.delta, s.x @ target.T - pred, rtol=1e-4, atol=1e-4)

@@ -130,15 +130,17 @@ class OrderScanCallback(TrainerCallback):
             )  # fmt: skip
         record = report.to_dict()
         self.reports.append(record)
+        if trainer.rank == 0 and report.note:
+            trainer._logger.write(f"order scan at step {step}: {report.note}")
         if trainer.rank == 0:
             path = Path(trainer.config.output_dir) / SCANS_FILE
             old = path.read_bytes() if path.exists() else b""
             atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode())
             moved = report.num_jumps
-            held0 = sum(e.held and e.order_after == 0 for m in report.modules for e in m.experts)
+            at0 = sum(e.order_after == 0 for m in report.modules for e in m.experts)
             total = sum(len(m.experts) for m in report.modules)
             trainer._logger.write(
                 f"order scan at step {step} ({'first' if first else 'rescan'}): {moved}/{total} "
-                f"experts moved, {held0} held at order 0; statistics "
+                f"experts moved, {at0}/{total} at order 0; statistics "
                 f"{report.seconds_statistics:.1f} s, search {report.seconds_search:.1f} s"
             )

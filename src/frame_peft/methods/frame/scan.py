@@ -115,6 +115,7 @@ class ScanReport:
     step: int | None
     modules: list[ModuleScan] = field(default_factory=list)
     scale: float | None = None  # λ of a rescan's add-back targets (None: first scan)
+    note: str = ""  # why a rescan made no decision, if it made none
     seconds_statistics: float = 0.0
     seconds_search: float = 0.0
     tokens: int = 0
@@ -363,6 +364,14 @@ def scan_orders(
     if gather is not None:
         stats, scale = gather(stats, scale)
     seconds = time.perf_counter() - t0
+    if not first and scale is None:
+        report = ScanReport(first, step, seconds_statistics=seconds)
+        report.note = (
+            "rescan skipped: the loss has no positive curvature along the adapters' update (or "
+            "the adapters contribute nothing yet), so δ has no output scale to add the experts' "
+            "own contributions back to"
+        )
+        return report
     report = search_orders(
         model, stats, settings, first=first, optimizer=optimizer, step=step, progress=progress,
         scale=scale,

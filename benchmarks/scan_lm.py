@@ -143,9 +143,13 @@ def run_cell(method: str, seed: int, args, cell_dir: Path) -> dict[str, Any]:
     config = adapter_config(method, args.targets)
     train_seconds, scans = 0.0, []
     if config is not None:
+        import shutil
+        import tempfile
+
         fp.inject(model, config)
+        run_dir = Path(tempfile.mkdtemp(prefix="scan_lm_"))  # checkpoints stay out of the repo
         cfg = TrainConfig(
-            output_dir=str(cell_dir / "run"), max_steps=args.steps, per_device_batch_size=4,
+            output_dir=str(run_dir), max_steps=args.steps, per_device_batch_size=4,
             lr=1e-3, order_lr=1e-3, warmup_steps=min(5, args.steps), schedule="cosine",
             save_every=args.steps, keep_checkpoints=1, progress=False, tensorboard=False,
             log_every=10, seed=seed,
@@ -153,9 +157,14 @@ def run_cell(method: str, seed: int, args, cell_dir: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         Trainer(model, train, cfg, collate_fn=collate).train()
         train_seconds = time.perf_counter() - t0
-        scan_file = cell_dir / "run" / "scans.jsonl"
+        scan_file = run_dir / "scans.jsonl"
         if scan_file.exists():
             scans = [json.loads(line) for line in scan_file.read_text().splitlines()]
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("scans.jsonl", "log.jsonl"):
+            if (run_dir / name).exists():
+                shutil.copy(run_dir / name, cell_dir / name)
+        shutil.rmtree(run_dir, ignore_errors=True)
     per_task = {}
     for task, items in evals.items():
         pairs = answer_losses(model, items, collate)

@@ -2,7 +2,7 @@
 
 from .decorrelation import decorrelation
 from .modules import ModuleInfo, group_by_kind, module_info
-from .orders import order_statistics, read_order_log
+from .orders import order_statistics, read_order_log, read_scan_log
 from .routing import RoutingRecorder
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "module_info",
     "order_statistics",
     "read_order_log",
+    "read_scan_log",
 ]

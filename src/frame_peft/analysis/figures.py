@@ -182,6 +182,11 @@ def _order_trajectories(orders: Mapping, trajectory: Mapping, out: Path, run: st
                     if e == 0
                     else None,
                 )
+        for i, scan in enumerate(orders.get("scans") or []):
+            ax.axvline(
+                scan["step"], color="tab:red", ls=":", lw=1.2,
+                label="order scan" if i == 0 else None,
+            )  # fmt: skip
         ax.set_xlabel("training step")
         ax.set_ylabel("order a")
         ax.set_title(kind)

@@ -59,6 +59,40 @@ def read_order_log(path: str | Path) -> dict[str, Any]:
     return {"steps": steps, "modules": modules}
 
 
+def read_scan_log(path: str | Path) -> list[dict[str, Any]]:
+    """The order scans a run made (its ``scans.jsonl``, one report per scan), summarised::
+
+        [{"step", "first", "num_jumps", "experts", "at_zero", "note"}]
+
+    ``at_zero``: experts at order 0 after the scan. A torn last line is dropped; any other bad line
+    raises ``ValueError``.
+    """
+    path = Path(path)
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({err})") from err
+        if not isinstance(rec, dict) or "step" not in rec or "modules" not in rec:
+            raise ValueError(f"{path}: record {i + 1} is not an order-scan report")
+        experts = [e for m in rec["modules"] for e in m["experts"]]
+        out.append(
+            {
+                "step": int(rec["step"]),
+                "first": bool(rec.get("first")),
+                "num_jumps": sum(bool(e.get("jumped")) for e in experts),
+                "experts": len(experts),
+                "at_zero": sum(e.get("order_after") == 0 for e in experts),
+                "note": rec.get("note", ""),
+            }
+        )
+    return out
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     n = len(values)
     mean = sum(values) / n
@@ -66,7 +100,9 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
 
 
-def order_statistics(model: nn.Module, order_log: str | Path | None = None) -> dict | None:
+def order_statistics(
+    model: nn.Module, order_log: str | Path | None = None, scan_log: str | Path | None = None
+) -> dict | None:
     """Final and initial orders of every FRAME module, per kind, per layer and overall.
 
     Returns None when ``model`` has no FRAME module. Otherwise::
@@ -76,7 +112,8 @@ def order_statistics(model: nn.Module, order_log: str | Path | None = None) -> d
          "by_kind": {kind: {"layers": [int|None], "names": [str], "orders": [[E] per module]}},
          "per_layer": [{"layer": int, "mean", "std", "min", "max"}],
          "summary": {"mean", "std", "min", "max", "mean_abs_change"},
-         "trajectory": read_order_log(order_log) or None}
+         "trajectory": read_order_log(order_log) or None,
+         "scans": read_scan_log(scan_log) or []}
 
     ``by_kind`` rows are the modules of that kind sorted by layer (a layer × expert heatmap; a
     layer appears twice only when two modules of one layer share a kind, e.g. GPT-2's
@@ -126,4 +163,5 @@ def order_statistics(model: nn.Module, order_log: str | Path | None = None) -> d
         "per_layer": per_layer,
         "summary": summary,
         "trajectory": trajectory,
+        "scans": read_scan_log(scan_log) if scan_log is not None else [],
     }

@@ -225,6 +225,16 @@ def _orders_block(orders: Mapping | None, method: str) -> str:
         out += _details("orders per layer", _table(["layer", "mean", "std", "min", "max"], rows))
     if not orders.get("trajectory"):
         out += '<p class="note">No orders.jsonl in the run directory: no trajectories.</p>'
+    scans = orders.get("scans") or []
+    if scans:
+        rows = [
+            [r["step"], "first" if r["first"] else "rescan", f"{r['num_jumps']}/{r['experts']}",
+             f"{r['at_zero']}/{r['experts']}", r.get("note") or ""]
+            for r in scans
+        ]  # fmt: skip
+        out += "<p>Order scans (dotted red lines in the trajectories):</p>" + _table(
+            ["step", "scan", "experts moved", "at order 0 after", "note"], rows, text_cols=5
+        )
     return out
 
 

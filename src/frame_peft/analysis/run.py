@@ -182,8 +182,10 @@ def _analyze_one(
         routing = recorder.statistics()
         if not batches:
             notes.append("no held-out item with a reference answer: no routing recorded")
-    order_log = run_dir / "orders.jsonl"
-    orders = order_statistics(model, order_log if order_log.is_file() else None)
+    order_log, scan_log = run_dir / "orders.jsonl", run_dir / "scans.jsonl"
+    orders = order_statistics(
+        model, order_log if order_log.is_file() else None, scan_log if scan_log.is_file() else None
+    )
     dec = None
     if method in NO_ROUTER_METHODS:
         notes.append(f"{method} has one update per module, not experts: decorrelation skipped")

@@ -130,12 +130,13 @@ class OrderScanCallback(TrainerCallback):
             )  # fmt: skip
         record = report.to_dict()
         self.reports.append(record)
-        if trainer.rank == 0 and report.note:
-            trainer._logger.write(f"order scan at step {step}: {report.note}")
         if trainer.rank == 0:
             path = Path(trainer.config.output_dir) / SCANS_FILE
             old = path.read_bytes() if path.exists() else b""
             atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode())
+            if report.note:
+                trainer._logger.write(f"order scan at step {step}: {report.note}")
+                return
             moved = report.num_jumps
             at0 = sum(e.order_after == 0 for m in report.modules for e in m.experts)
             total = sum(len(m.experts) for m in report.modules)

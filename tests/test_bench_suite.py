@@ -127,3 +127,33 @@ def test_profile_step_quick_writes_page_and_json(tmp_path):
     assert len(data["profile"]) == 5 and data["profile"][0]["self_ms"] > 0
     assert data["num_layers"] == 2 * len(LINEARS)
     assert "## Top operators" in out.read_text()
+
+
+def test_scan_cost_quick_writes_page_and_json(tmp_path):
+    import bench_scan
+
+    out = tmp_path / "scan_cost.md"
+    assert bench_scan.main(["--quick", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "| shared | 8 |" in page and "| expert | 8 |" in page and "LLaMA-3.1-8B" in page
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(data["results"]) == {"shared/q8", "expert/q8"}
+    assert all(t > 0 for r in data["results"].values() for t in r["seconds"])
+
+
+def test_scan_lm_quick_resumes_and_aggregates(tmp_path):
+    import scan_lm
+
+    out = tmp_path / "scan_lm"
+    argv = ["--quick", "--methods", "moe-lora,frame-scan", "--seeds", "1", "--out-dir", str(out)]
+    assert scan_lm.main(argv) == 0
+    cells = sorted(p.parent.name for p in (out / "cells").glob("*/cell.json"))
+    assert cells == ["frame-scan-seed0", "moe-lora-seed0"]
+    first = (out / "cells" / "moe-lora-seed0" / "cell.json").read_bytes()
+    assert scan_lm.main(argv) == 0  # complete cells are skipped, not rerun
+    assert (out / "cells" / "moe-lora-seed0" / "cell.json").read_bytes() == first
+    data = json.loads(out.with_suffix(".json").read_text())
+    scan = data["aggregate"]["methods"]["frame-scan"]
+    assert scan["minus_moe_lora"] is not None and "orders" in scan
+    assert [s["first"] for s in data["cells"][0]["scans"]] in ([], [True, False, False])
+    assert "held-out" in out.with_suffix(".md").read_text().lower()

@@ -56,6 +56,7 @@ from ._output import write_outputs
 from ._plots import plot_basin, plot_method_errors, plot_order_traces
 from .domain_recovery_report import markdown_report
 from .synthetic import (
+    DEFAULT_METHODS,
     FRAME_METHODS,
     METHOD_INFO,
     METHODS,
@@ -133,7 +134,7 @@ class DomainRecoveryConfig:
     tasks: TaskSpec = field(default_factory=TaskSpec)
     budget: Budget = field(default_factory=Budget)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000))
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     variants: tuple[str, ...] = tuple(VARIANTS)
     basin_offsets: tuple[int, ...] = (1, 2, 4, 8)
     basin_tasks: tuple[int, ...] | None = None

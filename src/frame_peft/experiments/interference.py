@@ -44,8 +44,7 @@ class InterferenceConfig:
     tasks: TaskSpec = field(default_factory=TaskSpec)
     budget: Budget = field(default_factory=Budget)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000))
-    methods: tuple[str, ...] = ("frame", "frame-scan", "frame-fixed", "moe-lora", "moe-lora-2r",
-                                "lora", "fouriermoe")  # fmt: skip
+    methods: tuple[str, ...] = DEFAULT_METHODS
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)

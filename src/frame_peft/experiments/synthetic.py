@@ -53,6 +53,9 @@ METHOD_INFO = {
     "fouriermoe": "FourierMoE",
 }
 METHODS = tuple(METHOD_INFO)
+#: What the experiments compare by default: every method but ``frame``, which is one of the
+#: FRAME variants under another name (the shipped default; ``docs/experiments.md`` says which).
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "frame")
 #: FRAME options each FRAME method fixes.
 FRAME_METHODS = {
     "frame": {},

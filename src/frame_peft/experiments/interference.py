@@ -19,6 +19,7 @@ from typing import Any
 from ._multi import apply_sets, mean_std, pm, scalar_mean_std, seed_list
 from ._output import markdown_table, write_outputs
 from .synthetic import (
+    DEFAULT_METHODS,
     METHOD_INFO,
     METHODS,
     Budget,

@@ -120,6 +120,26 @@ METHODS: dict[str, Method] = {
             structure=f"E={EXPERTS} k={TOP_K} r={RANK}, learned orders",
         ),
         Method(
+            "frame_held0",
+            "FRAME, all orders held at 0",
+            lambda v: _mixture(fp.FrameConfig, rank=RANK, order_mode="fixed", init_orders="zeros"),
+            structure=f"E={EXPERTS} k={TOP_K} r={RANK}, every expert at order 0 (as after a scan "
+            "that found no better domain): runs as MoE-LoRA",
+        ),
+        Method(
+            "frame_held_half",
+            "FRAME, half the orders held at 0",
+            lambda v: _mixture(
+                fp.FrameConfig,
+                rank=RANK,
+                order_mode="fixed",
+                init_orders=[0.0] * (EXPERTS // 2)
+                + [(e + 0.5) / EXPERTS for e in range(EXPERTS // 2)],
+            ),
+            structure=f"E={EXPERTS} k={TOP_K} r={RANK}, {EXPERTS // 2} experts at order 0 "
+            "(rank r, no transform), the rest at fixed orders",
+        ),
+        Method(
             "frame_exact",
             "FRAME (exact)",
             lambda v: _mixture(fp.FrameConfig, rank=RANK, transform="exact"),

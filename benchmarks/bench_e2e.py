@@ -58,7 +58,10 @@ from frame_peft.peft_bridge import aux_loss, count_parameters
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "e2e.md"
-NAMES = ["base", "peft_lora", "lora", "moe_lora", "frame_chirp", "fouriermoe", "flylora", "hmora"]
+NAMES = [
+    "base", "peft_lora", "lora", "moe_lora", "frame_chirp", "frame_held0", "frame_held_half",
+    "fouriermoe", "flylora", "hmora",
+]  # fmt: skip
 LABELS = {**{m: METHODS[m].label for m in NAMES}, "base": "base (frozen, fwd+bwd only)"}
 # (name, numerator, denominator, threshold text, test on the ratio of median steps)
 TARGETS = [

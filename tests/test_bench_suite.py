@@ -137,8 +137,10 @@ def test_scan_cost_quick_writes_page_and_json(tmp_path):
     page = out.read_text()
     assert "| shared | 8 |" in page and "| expert | 8 |" in page and "LLaMA-3.1-8B" in page
     data = json.loads(out.with_suffix(".json").read_text())
-    assert set(data["results"]) == {"shared/q8", "expert/q8"}
-    assert all(t > 0 for r in data["results"].values() for t in r["seconds"])
+    assert set(data["results"]) == {"shared/q8", "expert/q8", "grid_check"}
+    assert all(t > 0 for r in data["results"].values() if "seconds" in r for t in r["seconds"])
+    grids = data["results"]["grid_check"]["grids"]
+    assert set(grids) == {"0.5", "1.0", "2.0"} and grids["1.0"]["found"] == 1.0
 
 
 def test_scan_lm_quick_resumes_and_aggregates(tmp_path):

@@ -10,7 +10,9 @@ for every method and seed, on the same data order per seed. Methods:
 - ``moe-lora``, ``moe-lora-2r`` (FRAME's per-token FLOPs), ``lora``;
 - ``frame-gradient`` (orders by the order optimizer only), ``frame-fixed`` (orders fixed at the
   spread init), ``frame-scan`` (the order scan at 10 / 25 / 40 % of the steps);
-- ``base``: the frozen model, no training (the reference of the loss).
+- ``base``: the frozen model, no training (the reference of the loss);
+- on request (``--methods``), ``frame-at-A``: every expert fixed at order A (0.05, 0.25, 0.5, 1),
+  to check against the loss itself what the scan's statistic says about the orders.
 
 Metric: held-out **answer loss**, the mean cross-entropy per answer token of the quick start's
 held-out items (ARC-Easy, BoolQ, PIQA: 32 each, GSM8K: 12; prompt tokens are not scored), per task
@@ -49,6 +51,8 @@ from frame_peft._files import atomic_write_bytes
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "scan_lm"
 METHODS = ("base", "lora", "moe-lora", "moe-lora-2r", "frame-gradient", "frame-fixed", "frame-scan")
+#: Every expert fixed at one order (not in the default list): does the loss agree with the scan?
+FIXED_AT = {f"frame-at-{a:g}": a for a in (0.05, 0.25, 0.5, 1.0)}
 BUDGET = {"num_experts": 4, "top_k": 2, "rank": 4}
 
 
@@ -62,6 +66,9 @@ def adapter_config(method: str, targets: list[str]) -> fp.AdapterConfig | None:
         return fp.MoELoRAConfig(**common, **BUDGET)
     if method == "moe-lora-2r":
         return fp.MoELoRAConfig(**common, **{**BUDGET, "rank": 2 * BUDGET["rank"]})
+    if method in FIXED_AT:
+        order = [FIXED_AT[method]] * BUDGET["num_experts"]
+        return fp.FrameConfig(**common, **BUDGET, order_mode="fixed", init_orders=order)
     frame = {"frame-gradient": {"order_search": "gradient"},
              "frame-fixed": {"order_mode": "fixed"},
              "frame-scan": {"order_search": "scan"}}[method]  # fmt: skip
@@ -311,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             args.out_dir = Path(tempfile.gettempdir()) / "frame-peft-bench" / "scan_lm"
     args.targets = [t for t in args.targets.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHODS and m not in FIXED_AT]
     if bad:
-        parser.error(f"unknown methods {bad}; choose from {list(METHODS)}")
+        parser.error(f"unknown methods {bad}; choose from {[*METHODS, *FIXED_AT]}")
     cmd = command_line("scan_lm.py", argv)
     cells_dir = args.out_dir / "cells"
     for seed in range(args.seeds):

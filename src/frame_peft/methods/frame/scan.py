@@ -20,6 +20,8 @@ routing has settled, for every FRAME module and expert e
    than 1/d from its current one **and** fits at least ``margin`` better (relative);
 4. training continues; the order optimizer refines a_e inside its basin.
 
+Experts that no recorded token was routed to are left as they are (order and factors).
+
 Experts held at 0 run as LoRA experts (no transform, rank r): where a module has no better domain
 the scan sends its experts to 0 and FRAME costs what MoE-LoRA costs there.
 
@@ -345,7 +347,12 @@ def scan_orders(
             scale, and make the same jumps).
         step, progress: recorded in the report / called with progress lines.
     """
-    frame_adapters(model)  # refuses models without FRAME modules
+    for name, adapter in frame_adapters(model).items():  # refuses models without FRAME modules
+        if any(type(p.data) is not torch.Tensor for p in (adapter.A, adapter.B)):
+            raise ValueError(
+                f"{name}: the order scan needs whole expert factors on every process, and this "
+                "module's are sharded (FSDP / ZeRO-3); train with DDP or order_search='gradient'"
+            )
     config = require_injection(model).config
     settings = settings or settings_from_config(config)
     if tokens_per_batch is None:

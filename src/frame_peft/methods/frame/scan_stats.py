@@ -204,7 +204,7 @@ def record(
     returns its statistics and, in mode ``"current"``, the scale λ (:func:`curvature_scale`;
     None in mode ``"zero"``). ``loss_fn`` returns a scalar tensor."""
     loss_now = loss_off = 0.0
-    with TokenRecorder(model, tokens_per_batch, seed, mode) as rec:
+    with torch.enable_grad(), TokenRecorder(model, tokens_per_batch, seed, mode) as rec:
         for batch in batches:
             loss = loss_fn(model, batch)
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:

@@ -72,7 +72,7 @@ def test_trainer_runs_scans_on_schedule_and_logs_them(tmp_path, capsys):
     assert any(not torch.allclose(before[k], after[k]) for k in before)
     err = capsys.readouterr().err
     assert "order scan at step 2 (first): 24/24 experts moved" in err
-    assert "order scan at step 4 (rescan)" in err
+    assert "order scan at step 4" in err  # a rescan, or its reason for deciding nothing
 
 
 @pytest.mark.parametrize("crash_at", [3, 5])  # after the first scan / after both

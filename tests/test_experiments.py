@@ -267,3 +267,13 @@ def test_run_experiment_rejects_unknown_names(tmp_path) -> None:
         run_experiment("nope", tmp_path)
     with pytest.raises(ValueError, match="size"):
         run_experiment("coherence", tmp_path, size="medium")
+
+
+def test_domain_recovery_without_basin_or_variants_still_writes_its_outputs(tmp_path) -> None:
+    res = run_experiment(
+        "domain-recovery", tmp_path, size="quick", progress=False, methods=["moe-lora"],
+        sets={"variants": [], "basin_tasks": [], "train.steps": 20},
+    )  # fmt: skip
+    assert res["per_seed"]["0"]["basin"] == [] and res["variants"] == {}
+    assert {"results.json", "results.md", "errors.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert "basin.png" not in {p.name for p in tmp_path.iterdir()}

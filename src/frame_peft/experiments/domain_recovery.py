@@ -398,10 +398,9 @@ def run(
     }
     elapsed = time.perf_counter() - start
     tol = results["tolerance"]
-    plots = {
-        "errors": lambda plt: plot_method_errors(plt, results, cfg.tasks.task_orders),
-        "basin": lambda plt: plot_basin(plt, first["basin"], cfg.tasks.dim, tol),
-    }
+    plots = {"errors": lambda plt: plot_method_errors(plt, results, cfg.tasks.task_orders)}
+    if first["basin"]:
+        plots["basin"] = lambda plt: plot_basin(plt, first["basin"], cfg.tasks.dim, tol)
     traces = {f"FRAME {n}": first["methods"][n]["orders"] for n in cfg.methods
               if n in FRAME_METHODS}  # fmt: skip
     traces.update({f"FRAME {n}": v for n, v in first["variants"].items()

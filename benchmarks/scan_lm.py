@@ -244,6 +244,24 @@ def aggregate(cells: list[dict]) -> dict[str, Any]:
                             for k in sorted({_kind(n) for n in mine[0]["orders"]})},
             }  # fmt: skip
         out["methods"][m] = entry
+    scan_cells = [c for c in cells if c["method"] == "frame-scan" and c["orders"]]
+    if scan_cells:  # where the scan put the orders, per layer and module kind (all seeds)
+        table: dict[str, dict[str, list[float]]] = {}
+        for c in scan_cells:
+            for name, orders in c["orders"].items():
+                layer = next((p for p in name.split(".") if p.isdigit()), "-")
+                table.setdefault(layer, {}).setdefault(_kind(name), []).extend(orders)
+
+        def summary(v: list[float]) -> list[float]:
+            return [sum(v) / len(v), sum(a == 0.0 for a in v) / len(v)]
+
+        def depth(item: tuple[str, dict]) -> int:
+            return int(item[0]) if item[0].isdigit() else -1
+
+        out["scan_orders_by_layer"] = {
+            layer: {k: summary(v) for k, v in kinds.items()}
+            for layer, kinds in sorted(table.items(), key=depth)
+        }
     return out
 
 
@@ -285,6 +303,16 @@ def render(agg: dict, cells: list[dict], args, model_desc: str, cmd: str) -> str
             kinds = ", ".join(f"{k} {_pm(v)}" for k, v in e["orders"]["by_kind"].items())
             lines.append(f"| {m} | {e['orders']['at_zero']:.3f} | {e['orders']['mean']:.3f} | "
                          f"{kinds} |")  # fmt: skip
+    by_layer = agg.get("scan_orders_by_layer")
+    if by_layer:
+        kinds = sorted({k for v in by_layer.values() for k in v})
+        lines += [
+            "", "## frame-scan: final orders per layer (mean order; share at exactly 0)", "",
+            "| layer | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds),
+        ]  # fmt: skip
+        for layer, v in by_layer.items():
+            cells_ = [f"{v[k][0]:.3f}; {v[k][1]:.2f}" if k in v else "–" for k in kinds]
+            lines.append(f"| {layer} | " + " | ".join(cells_) + " |")
     scan_cells = [c for c in cells if c["scans"]]
     if scan_cells:
         lines += ["", "## Scans", "", "| seed | step | first | experts moved | λ | statistics s | "

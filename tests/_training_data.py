@@ -5,6 +5,18 @@ from __future__ import annotations
 import torch
 
 import frame_peft as fp
+from frame_peft.training import TrainerCallback
+
+
+class Crash(TrainerCallback):
+    """Simulates a killed process: raises after step ``at`` (before that step's checkpoint)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, trainer, step, metrics):
+        if step == self.at:
+            raise KeyboardInterrupt(f"simulated crash at step {step}")
 
 
 class RandomTokens(torch.utils.data.Dataset):

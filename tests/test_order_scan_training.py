@@ -9,18 +9,9 @@ import torch
 
 import frame_peft as fp
 from _models import tiny_llama
-from _training_data import RandomTokens, randomise_lora_b
+from _training_data import Crash, RandomTokens, randomise_lora_b
 from frame_peft import scan_steps
-from frame_peft.training import TrainConfig, Trainer, TrainerCallback
-
-
-class Crash(TrainerCallback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, trainer, step, metrics):
-        if step == self.at:
-            raise KeyboardInterrupt(f"simulated crash at step {step}")
+from frame_peft.training import TrainConfig, Trainer
 
 
 def scan_config(**kw) -> fp.FrameConfig:

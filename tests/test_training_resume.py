@@ -11,28 +11,16 @@ import torch
 
 import frame_peft as fp
 from _models import tiny_llama
-from _training_data import RandomTokens, frame_config, randomise_lora_b
+from _training_data import Crash, RandomTokens, frame_config, randomise_lora_b
 from frame_peft.training import (
     TrainConfig,
     Trainer,
-    TrainerCallback,
     latest_checkpoint,
     list_checkpoints,
 )
 from frame_peft.training.checkpoint import rng_state, set_rng_state
 
 STEPS = 7  # 16 items / global batch 4 = 4 steps per epoch: the run crosses an epoch boundary
-
-
-class Crash(TrainerCallback):
-    """Simulates a killed process: raises after step ``at`` (before that step's checkpoint)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, trainer, step, metrics):
-        if step == self.at:
-            raise KeyboardInterrupt(f"simulated crash at step {step}")
 
 
 def run_config(out, **kw) -> TrainConfig:

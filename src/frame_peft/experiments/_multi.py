@@ -65,6 +65,14 @@ def _apply(obj: Any, tree: dict[str, Any], prefix: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+def configured(config_cls: Any, size: str, sets: dict[str, Any] | None, methods: Any) -> Any:
+    """``config_cls.for_size(size)`` with the ``sets`` overrides and, when given, ``methods``."""
+    config = apply_sets(config_cls.for_size(size), sets or {})
+    if methods is not None:
+        config = dataclasses.replace(config, methods=tuple(methods))
+    return config
+
+
 def seed_list(seed: int, seeds: int) -> list[int]:
     """``seeds`` consecutive seeds starting at ``seed``."""
     if not isinstance(seeds, int) or seeds < 1:

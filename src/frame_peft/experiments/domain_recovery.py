@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._multi import apply_sets, mean_std, scalar_mean_std, seed_list
+from ._multi import configured, mean_std, scalar_mean_std, seed_list
 from ._output import write_outputs
 from ._plots import plot_basin, plot_method_errors, plot_order_traces
 from .domain_recovery_report import markdown_report
@@ -354,10 +354,7 @@ def run(
     ``sets`` overrides config fields (``{"tasks.dim": 128, ...}``, see :mod:`._multi`)."""
     import time
 
-    cfg = DomainRecoveryConfig.for_size(size)
-    cfg = apply_sets(cfg, sets or {})
-    if methods is not None:
-        cfg = replace(cfg, methods=tuple(methods))
+    cfg = configured(DomainRecoveryConfig, size, sets, methods)
     start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     seed_values = seed_list(seed, seeds)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._multi import apply_sets, mean_std, pm, scalar_mean_std, seed_list
+from ._multi import configured, mean_std, pm, scalar_mean_std, seed_list
 from ._output import markdown_table, write_outputs
 from .synthetic import (
     DEFAULT_METHODS,
@@ -102,11 +102,7 @@ def run(
 ) -> dict[str, Any]:
     """Run the experiment at ``size`` ("full" | "quick") for ``seeds`` seeds from ``seed``, write
     outputs, return the results (``methods``/``sets`` as in ``domain-recovery``)."""
-    from dataclasses import replace
-
-    cfg = apply_sets(InterferenceConfig.for_size(size), sets or {})
-    if methods is not None:
-        cfg = replace(cfg, methods=tuple(methods))
+    cfg = configured(InterferenceConfig, size, sets, methods)
     start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     seed_values = seed_list(seed, seeds)

@@ -26,7 +26,7 @@ def test_analysis_shows_the_scans_of_a_run(tmp_path):
     # the first scan moves every expert that recorded tokens; this rescan comes one step after
     # the experts were reset, before they contribute: it makes no decision and says why
     assert scans[0]["num_jumps"] == scans[0]["experts"] > 0
-    assert scans[1]["num_jumps"] == 0 and "skipped" in scans[1]["note"]
+    assert scans[1]["num_jumps"] == 0 and "no decision" in scans[1]["note"]
     html = report.read_text()
     assert "Order scans" in html and "experts moved" in html
     assert any("trajectories" in p.name for p in (tmp_path / "out").glob("*.png"))

@@ -145,7 +145,7 @@ def test_rescan_jumps_only_past_the_margin():
     assert jumps == [] and report.experts[0].order_after == pytest.approx(0.3)
 
 
-def test_jumps_reset_the_expert_its_pin_and_first_moments_only():
+def test_jumps_move_pin_refactor_the_experts_and_zero_first_moments_only():
     model, adapter = _frame(16, 3, 2)
     opt = fp.build_optimizer(model, lr=1e-2, order_lr=1e-2)
     with torch.no_grad():
@@ -154,15 +154,20 @@ def test_jumps_reset_the_expert_its_pin_and_first_moments_only():
     model(x).square().sum().backward()
     opt.step()
     before = {n: p.detach().clone() for n, p in adapter.named_parameters()}
+    old_update = adapter.dense_delta_weights()[1]  # expert 1's update before its jump to 0
     states = {id(p): {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
               for p in (adapter.A, adapter.B, adapter.order_logits)}  # fmt: skip
     apply_jumps(adapter, [(1, 0.0, True), (2, 0.4, False)], opt)
     assert adapter.orders().tolist()[1:] == pytest.approx([0.0, 0.4], abs=1e-6)
     assert adapter.order_pins.tolist() == [-1.0, 0.0, -1.0]
-    assert torch.all(adapter.B[1:] == 0) and torch.equal(adapter.B[0], before["B"][0])
-    assert torch.equal(adapter.A[0], before["A"][0]) and not torch.equal(
-        adapter.A[1], before["A"][1]
-    )
+    # expert 2 (to 0.4) restarts; expert 1 (to 0) keeps the best rank-r part of its update
+    assert torch.all(adapter.B[2] == 0) and torch.equal(adapter.B[0], before["B"][0])
+    assert torch.equal(adapter.A[0], before["A"][0])
+    assert not torch.equal(adapter.A[2], before["A"][2])
+    u, sv, vh = torch.linalg.svd(old_update)
+    best_rank_2 = (u[:, :2] * sv[:2]) @ vh[:2]
+    new_update = adapter.dense_delta_weights()[1]
+    torch.testing.assert_close(new_update, best_rank_2, rtol=1e-4, atol=1e-6)
     for p in (adapter.A, adapter.B, adapter.order_logits):
         state, old = opt.state[p], states[id(p)]
         assert torch.all(state["exp_avg"][1:] == 0)
@@ -214,3 +219,15 @@ def test_rescan_scale_turns_the_gradient_into_the_residual_for_squared_error():
     with torch.no_grad():
         pred = model(s.x) - model[0].base_layer(s.x)
     torch.testing.assert_close(scale * s.delta, s.x @ target.T - pred, rtol=1e-4, atol=1e-4)
+
+
+def test_experts_started_at_zero_stay_untouched_unless_a_domain_wins():
+    d = 32
+    with pytest.raises(ValueError, match="never moves"):
+        fp.FrameConfig(init_orders="zeros")  # gradient-only orders at 0 would never move
+    _, adapter = _frame(d, 2, 2, order_search="scan", init_orders="zeros")
+    assert adapter.order_pins.tolist() == [0.0, 0.0] and adapter.identity_orders
+    targets = [_planted(d, d, 2, 0.0, seed=1), _planted(d, d, 2, 0.4, seed=2)]
+    report, jumps = scan_module(adapter, _stats_for(targets), ScanSettings(), first=True)
+    assert [j[0] for j in jumps] == [1] and abs(jumps[0][1] - 0.4) <= 1 / (8 * d) + 1e-9
+    assert not report.experts[0].jumped and report.experts[0].order_after == 0.0

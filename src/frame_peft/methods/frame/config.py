@@ -20,16 +20,21 @@ class FrameConfig(MoELoRAConfig):
             ``"exact"`` (the Candan discrete FrFT, O(d²); any width).
         order_mode: ``"learned"`` (``a_e = sigmoid(θ_e)``, θ trained by the separate order
             optimizer) or ``"fixed"`` (orders are a buffer).
-        init_orders: ``None``/``"spread"`` for ``a_e = (e - 0.5)/E``, ``"zeros"`` (fixed mode
-            only: FRAME then equals MoE-LoRA), or a list of E orders. Learned orders must lie in
-            (0, 1): at exactly 0 the order's gradient vanishes and it never moves.
+        init_orders: ``None``/``"spread"`` for ``a_e = (e - 0.5)/E``, ``"zeros"`` (FRAME then
+            equals MoE-LoRA), or a list of E orders. With gradient-only orders, learned orders
+            must lie in (0, 1): at exactly 0 the order's gradient vanishes and it would never
+            move. With the scan, learned orders at exactly 0 or 1 are *held* there until a scan
+            moves them (``"zeros"``: every expert starts as a LoRA expert and the first scan
+            moves only those whose update is more compact elsewhere).
         aux_loss: ``"grouped"`` (order-grouped Switch loss, default), ``"switch"`` or ``"none"``.
         num_order_groups: G groups for the grouped loss (``None`` -> E/2, at least 1).
         order_search: how orders are found. ``"gradient"``: by the order optimizer alone (the
             paper's description); ``"scan"``: the order scan (:mod:`.scan`) jumps every expert
             to the order where its update is most compact at the fractions ``scan_at`` of
             training (the first a scan, later ones rescans), and the order optimizer refines.
-        scan_at: fractions of training at which the scan runs, increasing, in (0, 1).
+        scan_at: fractions of training at which the scan runs, increasing, in (0, 1); the first
+            is the scan, later ones rescans (default one scan at 10 %: rescans measured no gain,
+            ``docs/experiments.md``).
         scan_batches: training batches of each scan's statistics pass.
         scan_tokens: tokens recorded per module over those batches (memory: tokens ·
             (d_in + d_out + E) floats per module).
@@ -49,7 +54,7 @@ class FrameConfig(MoELoRAConfig):
     init_orders: list[float] | str | None = None
     num_order_groups: int | None = None
     order_search: str = "gradient"
-    scan_at: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.4])
+    scan_at: list[float] = field(default_factory=lambda: [0.1])
     scan_batches: int = 8
     scan_tokens: int = 1024
     scan_sketch_rank: int = 16
@@ -63,14 +68,18 @@ class FrameConfig(MoELoRAConfig):
             raise ValueError(f"transform must be 'chirp' or 'exact', got {s['transform']!r}")
         if s["order_mode"] not in ("learned", "fixed"):
             raise ValueError(f"order_mode must be 'learned' or 'fixed', got {s['order_mode']!r}")
-        orders = initial_orders(s)
-        if s["order_mode"] == "learned" and not all(0.0 < a < 1.0 for a in orders):
-            raise ValueError(
-                f"learned orders are sigmoid(θ) and must start inside (0, 1), got {orders}; an "
-                "order of exactly 0 gets zero gradient and never moves. Use order_mode='fixed' "
-                "for orders at 0, 1 or outside"
-            )
         _validate_scan(s)
+        orders = initial_orders(s)
+        if s["order_mode"] == "learned":
+            scan = s["order_search"] == "scan"
+            ok = all(0.0 <= a <= 1.0 for a in orders) if scan else all(0 < a < 1 for a in orders)
+            if not ok:
+                raise ValueError(
+                    f"learned orders are sigmoid(θ) and must start inside (0, 1), got {orders}; "
+                    "an order of exactly 0 gets zero gradient and never moves. Use "
+                    "order_mode='fixed' for orders at 0, 1 or outside, or order_search='scan' "
+                    "(which holds orders at 0 or 1 until a scan moves them)"
+                )
         g = s["num_order_groups"]
         if g is not None and (not isinstance(g, int) or not 1 <= g <= s["num_experts"]):
             raise ValueError(

@@ -71,9 +71,15 @@ class FrameAdapter(LowRankMixture):
         orders = torch.tensor(initial_orders(settings), dtype=torch.float32)
         self.learned = settings["order_mode"] == "learned"
         if self.learned:
-            self.order_logits = nn.Parameter(torch.logit(orders.double()).float())
+            eps = 1e-6  # orders at exactly 0 or 1 (allowed with the scan) are held there
+            self.order_logits = nn.Parameter(
+                torch.logit(orders.double().clamp(eps, 1 - eps)).float()
+            )
             # -1: the order is sigmoid(θ); a number in [0, 1]: the order is held there (the scan)
-            self.register_buffer("order_pins", torch.full_like(orders, -1.0))
+            held = (orders == 0) | (orders == 1)
+            self.register_buffer(
+                "order_pins", torch.where(held, orders, torch.full_like(orders, -1.0))
+            )
         else:
             self.register_buffer("fixed_orders", orders)
         # Experts held at order 0 skip the transform (False forces it: tests of the a = 0 path).

@@ -192,9 +192,11 @@ def scan_module(
     scale: float | None = None,
 ) -> tuple[ModuleScan, list[tuple[int, float, bool]]]:
     """Score orders for every expert of ``adapter`` from ``stats``; returns the report and the
-    jumps ``(expert, new order, held)`` (nothing is changed here). ``scale`` (rescans with the
-    adapters on, :func:`.scan_stats.record` mode ``"current"``): each expert's target is
-    ``λ δ`` plus its own contribution."""
+    jumps ``(expert, new order, held)`` (nothing is changed here). ``scale`` (statistics with
+    the adapters on, :func:`.scan_stats.record` mode ``"current"``): each expert's target is
+    ``λ δ`` plus its own contribution. ``first``: experts not held at an order jump to their
+    best order whatever the margin (their starting orders mean nothing); held experts (e.g.
+    started at 0) and every expert on later scans move only past the margin."""
     t0 = time.perf_counter()
     d = max(adapter.in_features, adapter.out_features)
     delta_for = None if scale is None else _add_back(adapter, stats, scale)
@@ -218,6 +220,7 @@ def scan_module(
         pass2.append([min(max(best + j * step, 0.0), 1.0) for j in range(-4, 5) if j])
     f2 = _fit(sketch, pass2, rank, transform, settings.iters)
 
+    held_now = set(adapter._refresh_held()[1]) if adapter.learned else set()
     decisions, jumps = [], []
     for i, e in enumerate(present):
         scores = {**f1[i], **f2[i]}
@@ -225,8 +228,9 @@ def scan_module(
         f_now = f1[i][current[e]]
         held = best <= SNAP / d or best >= 1 - SNAP / d
         new = (0.0 if best <= 0.5 else 1.0) if held else best
-        jump = first or (
-            abs(best - current[e]) > 1.0 / d and f_best >= (1 + settings.margin) * f_now
+        stays = held and new == current[e] and e in held_now  # e.g. held at 0, best at 0
+        jump = not stays and (
+            first or (abs(best - current[e]) > 1.0 / d and f_best >= (1 + settings.margin) * f_now)
         )
         decisions.append(ExpertDecision(
             e, current[e], new if jump else current[e], best, f_now, f_best, jump, held and jump,
@@ -250,13 +254,25 @@ def apply_jumps(
     optimizer: torch.optim.Optimizer | None = None,
     seed: int = 0,
 ) -> None:
-    """Move, pin and reset the experts of ``jumps`` (A_e from a generator seeded by ``seed``:
-    the same on every process); zero their first optimizer moments."""
+    """Move and pin the experts of ``jumps`` and give them new factors; zero their first
+    optimizer moments.
+
+    An expert that lands on order 0 keeps the spatial part of what it has learned: its current
+    update ``B'_e A'_e`` (rank ≤ 2r) truncated to rank r, ``B_e A_e = H_r(B'_e A'_e)`` (the
+    best rank-r approximation; at order 0 the update is exactly ``B_e A_e``). An expert that lands
+    elsewhere restarts: A_e Kaiming (from a generator seeded by ``seed``, the same on every
+    process), B_e = 0."""
     if not jumps:
         return
     experts = [e for e, _, _ in jumps]
+    to_zero = [e for e, a, _ in jumps if a == 0.0]
+    kept = _spatial_part(adapter, to_zero) if to_zero else {}
     adapter.place_experts(experts, [a for _, a, _ in jumps], [h for _, _, h in jumps])
-    adapter.reset_experts(experts, torch.Generator().manual_seed(seed))
+    adapter.reset_experts([e for e in experts if e not in kept],
+                          torch.Generator().manual_seed(seed))  # fmt: skip
+    for e, (b, a) in kept.items():
+        adapter.A[e] = a.to(adapter.A)
+        adapter.B[e] = b.to(adapter.B)
     if optimizer is None:
         return
     params = [adapter.A, adapter.B] + ([adapter.order_logits] if adapter.learned else [])
@@ -268,6 +284,20 @@ def apply_jumps(
             value = state.get(key)
             if isinstance(value, torch.Tensor) and value.shape == param.shape:
                 value[experts] = 0
+
+
+def _spatial_part(adapter: FrameAdapter, experts: list[int]) -> dict[int, tuple]:
+    """``{e: (B, A)}`` with ``B A = H_r(B'_e A'_e)`` for the experts' current effective factors
+    (split evenly: B = U_r S^½, A = S^½ V_rᵀ), from QR of the factors and a 2r × 2r SVD."""
+    a_eff, b_eff = (t.detach().double() for t in adapter.expert_factors())
+    r, out = adapter.rank, {}
+    for e in experts:
+        qb, rb = torch.linalg.qr(b_eff[e])  # (d_out, R), (R, R)
+        qa, ra = torch.linalg.qr(a_eff[e].T)  # (d_in, R), (R, R)
+        u, sv, vh = torch.linalg.svd(rb @ ra.T)
+        root = sv[:r].sqrt()
+        out[e] = (qb @ (u[:, :r] * root), (root[:, None] * vh[:r]) @ qa.T)
+    return out
 
 
 def frame_adapters(model: nn.Module) -> dict[str, FrameAdapter]:
@@ -359,7 +389,11 @@ def scan_orders(
         tokens_per_batch = math.ceil(config.scan_tokens / max(1, config.scan_batches))
     t0 = time.perf_counter()
     seed = settings.seed + (step or 0)
-    mode = "zero" if first else "current"
+    # A first scan over experts that are still at their (arbitrary) starting orders records with
+    # the experts off; once they are held somewhere (started at 0) or after a scan, they are on.
+    held = any(ad.learned and ad._refresh_held()[1] for ad in frame_adapters(model).values())
+    fresh = first and not held
+    mode = "zero" if fresh else "current"
     grads = {p: p.grad for p in model.parameters() if p.requires_grad}
     try:
         for p in grads:
@@ -371,10 +405,10 @@ def scan_orders(
     if gather is not None:
         stats, scale = gather(stats, scale)
     seconds = time.perf_counter() - t0
-    if not first and scale is None:
+    if not fresh and scale is None:
         report = ScanReport(first, step, seconds_statistics=seconds)
         report.note = (
-            "rescan skipped: the loss has no positive curvature along the adapters' update (or "
+            "no decision: the loss has no positive curvature along the adapters' update (or "
             "the adapters contribute nothing yet), so δ has no output scale to add the experts' "
             "own contributions back to"
         )

@@ -9,7 +9,9 @@ for every method and seed, on the same data order per seed. Methods:
 
 - ``moe-lora``, ``moe-lora-2r`` (FRAME's per-token FLOPs), ``lora``;
 - ``frame-gradient`` (orders by the order optimizer only), ``frame-fixed`` (orders fixed at the
-  spread init), ``frame-scan`` (the order scan at 10 / 25 / 40 % of the steps);
+  spread init), ``frame-scan`` (the order scan at 10 % of the steps, FRAME's scan defaults),
+  ``frame-scan-zero`` (every expert starts held at order 0, i.e. as MoE-LoRA, and the scan moves
+  only those whose update fits 5 % better elsewhere);
 - ``base``: the frozen model, no training (the reference of the loss);
 - on request (``--methods``), ``frame-at-A``: every expert fixed at order A (0.05, 0.25, 0.5, 1),
   to check against the loss itself what the scan's statistic says about the orders.
@@ -50,7 +52,10 @@ from frame_peft._files import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "scan_lm"
-METHODS = ("base", "lora", "moe-lora", "moe-lora-2r", "frame-gradient", "frame-fixed", "frame-scan")
+METHODS = (
+    "base", "lora", "moe-lora", "moe-lora-2r", "frame-gradient", "frame-fixed", "frame-scan",
+    "frame-scan-zero",
+)  # fmt: skip
 #: Every expert fixed at one order (not in the default list): does the loss agree with the scan?
 FIXED_AT = {f"frame-at-{a:g}": a for a in (0.05, 0.25, 0.5, 1.0)}
 BUDGET = {"num_experts": 4, "top_k": 2, "rank": 4}
@@ -71,7 +76,8 @@ def adapter_config(method: str, targets: list[str]) -> fp.AdapterConfig | None:
         return fp.FrameConfig(**common, **BUDGET, order_mode="fixed", init_orders=order)
     frame = {"frame-gradient": {"order_search": "gradient"},
              "frame-fixed": {"order_mode": "fixed"},
-             "frame-scan": {"order_search": "scan"}}[method]  # fmt: skip
+             "frame-scan": {"order_search": "scan"},
+             "frame-scan-zero": {"order_search": "scan", "init_orders": "zeros"}}[method]  # fmt: skip
     return fp.FrameConfig(**common, **BUDGET, **frame)
 
 

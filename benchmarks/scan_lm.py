@@ -74,10 +74,12 @@ def adapter_config(method: str, targets: list[str]) -> fp.AdapterConfig | None:
     if method in FIXED_AT:
         order = [FIXED_AT[method]] * BUDGET["num_experts"]
         return fp.FrameConfig(**common, **BUDGET, order_mode="fixed", init_orders=order)
-    frame = {"frame-gradient": {"order_search": "gradient"},
-             "frame-fixed": {"order_mode": "fixed"},
-             "frame-scan": {"order_search": "scan"},
-             "frame-scan-zero": {"order_search": "scan", "init_orders": "zeros"}}[method]  # fmt: skip
+    frame = {
+        "frame-gradient": {"order_search": "gradient"},
+        "frame-fixed": {"order_mode": "fixed"},
+        "frame-scan": {"order_search": "scan"},
+        "frame-scan-zero": {"order_search": "scan", "init_orders": "zeros"},
+    }[method]
     return fp.FrameConfig(**common, **BUDGET, **frame)
 
 

@@ -103,6 +103,7 @@ VARIANTS = {
     "scan-from-zero": "every expert starts held at order 0 (MoE-LoRA); the scan moves only those "
     "whose update fits 5 % better elsewhere",
     "scan-fixed": "order scan, orders then held (no gradient refinement)",
+    "scan-more-tokens": "order scan on 4096 recorded tokens over 16 batches (default 1024 over 8)",
     "scan-routed": "order scan with the router fixed to the task means (isolates the scan)",
     "scan-exact-teachers": "teachers built with the exact FrFT, FRAME (chirp) with the order scan",
     "scan-exact": "exact FrFT for teachers and FRAME, with the order scan",
@@ -114,6 +115,7 @@ SCAN_VARIANTS = {
     "scan-rescans": {"scan_at": [0.1, 0.25, 0.4]},
     "scan-from-zero": {"init_orders": "zeros"},
     "scan-fixed": {"order_mode": "fixed"},
+    "scan-more-tokens": {"scan_tokens": 4096, "scan_batches": 16},
     "scan-routed": {},
     "scan-exact-teachers": {},
     "scan-exact": {"transform": "exact"},

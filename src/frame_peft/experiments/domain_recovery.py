@@ -97,7 +97,8 @@ VARIANTS = {
     "(default 0.01)",
     "oracle-jitter-0.1": "orders fixed at the teachers', router learned, router input jitter 0.1",
     "scan-shared": "order scan with one sketch basis shared by a module's experts",
-    "scan-expert": "order scan with one sketch basis per expert",
+    "scan-expert": "order scan with one sketch basis per expert (the default since the d = 256 "
+    "measurement)",
     "scan-switch": "order scan, per-expert Switch balance loss instead of the order-grouped one",
     "scan-rescans": "rescans at 25 % and 40 % after the scan at 10 % (the first design)",
     "scan-from-zero": "every expert starts held at order 0 (MoE-LoRA); the scan moves only those "

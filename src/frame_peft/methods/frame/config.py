@@ -39,8 +39,9 @@ class FrameConfig(MoELoRAConfig):
         scan_tokens: tokens recorded per module over those batches (memory: tokens ·
             (d_in + d_out + E) floats per module).
         scan_sketch_rank: q, the rank each module's targets are sketched to.
-        scan_basis: ``"shared"`` (one sketch basis per module) or ``"expert"`` (one per expert:
-            more accurate when experts' targets differ, about E/2 times the cost).
+        scan_basis: ``"expert"`` (one sketch basis per expert, the default) or ``"shared"`` (one
+            per module: cheaper, but its screen sees only the module's leading directions, so
+            experts with distinct targets can be missed: measured in ``docs/experiments.md``).
         scan_grid: screen candidates per 1/d (2: orders j/(2d), d = max(d_in, d_out)).
         scan_margin: a rescan moves an expert only if its best order fits this much better.
     """
@@ -58,7 +59,7 @@ class FrameConfig(MoELoRAConfig):
     scan_batches: int = 8
     scan_tokens: int = 1024
     scan_sketch_rank: int = 16
-    scan_basis: str = "shared"
+    scan_basis: str = "expert"
     scan_grid: float = 1.0
     scan_margin: float = 0.05
 

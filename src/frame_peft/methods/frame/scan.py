@@ -66,7 +66,7 @@ class ScanSettings:
     Args:
         grid: screen candidates per 1/d (2: the grid j/(2d)).
         sketch_rank: q, the rank each module's targets are sketched to.
-        basis: ``"shared"`` (one sketch basis per module) or ``"expert"`` (one per expert).
+        basis: ``"expert"`` (one sketch basis per expert) or ``"shared"`` (one per module).
         iters: IHT iterations of the full fit.
         margin: a rescan moves an expert only if its best order fits this much better
             (relative) than its current one.
@@ -75,7 +75,7 @@ class ScanSettings:
 
     grid: float = 1.0
     sketch_rank: int = 16
-    basis: str = "shared"
+    basis: str = "expert"
     iters: int = 8
     margin: float = 0.05
     seed: int = 0

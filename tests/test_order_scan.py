@@ -231,3 +231,15 @@ def test_experts_started_at_zero_stay_untouched_unless_a_domain_wins():
     report, jumps = scan_module(adapter, _stats_for(targets), ScanSettings(), first=True)
     assert [j[0] for j in jumps] == [1] and abs(jumps[0][1] - 0.4) <= 1 / (8 * d) + 1e-9
     assert not report.experts[0].jumped and report.experts[0].order_after == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind"),
+    [({}, "grouped"), ({"order_search": "scan"}, "switch"),
+     ({"order_search": "scan", "aux_loss": "grouped"}, "grouped"), ({"aux_loss": "none"}, "none")],
+)  # fmt: skip
+def test_the_balance_loss_follows_the_order_search_unless_given(kwargs, kind):
+    _, adapter = _frame(16, 4, 2, **kwargs)
+    assert adapter.aux_kind == kind
+    with pytest.raises(ValueError, match="aux_loss"):
+        fp.FrameConfig(aux_loss="grouped-ish")

@@ -26,7 +26,10 @@ class FrameConfig(MoELoRAConfig):
             move. With the scan, learned orders at exactly 0 or 1 are *held* there until a scan
             moves them (``"zeros"``: every expert starts as a LoRA expert and the first scan
             moves only those whose update is more compact elsewhere).
-        aux_loss: ``"grouped"`` (order-grouped Switch loss, default), ``"switch"`` or ``"none"``.
+        aux_loss: ``"grouped"`` (order-grouped Switch loss), ``"switch"`` (per-expert) or
+            ``"none"``; ``None`` (default): ``"grouped"`` with gradient-only orders, ``"switch"``
+            with the order scan (with it the scan put every expert of 10 seeds at its task's
+            order; with the grouped loss 37 of 40 tasks: ``docs/experiments.md``).
         num_order_groups: G groups for the grouped loss (``None`` -> E/2, at least 1).
         order_search: how orders are found. ``"gradient"``: by the order optimizer alone (the
             paper's description); ``"scan"``: the order scan (:mod:`.scan`) jumps every expert
@@ -49,7 +52,7 @@ class FrameConfig(MoELoRAConfig):
     method: ClassVar[str] = "frame"
     aux_kinds: ClassVar[tuple[str, ...]] = ("grouped", "switch", "none")
 
-    aux_loss: str = "grouped"
+    aux_loss: str | None = None
     transform: str = "chirp"
     order_mode: str = "learned"
     init_orders: list[float] | str | None = None
@@ -64,7 +67,7 @@ class FrameConfig(MoELoRAConfig):
     scan_margin: float = 0.05
 
     def validate_settings(self, s: dict[str, Any]) -> None:
-        super().validate_settings(s)
+        super().validate_settings({**s, "aux_loss": balance_kind(s)})
         if s["transform"] not in ("chirp", "exact"):
             raise ValueError(f"transform must be 'chirp' or 'exact', got {s['transform']!r}")
         if s["order_mode"] not in ("learned", "fixed"):
@@ -87,6 +90,13 @@ class FrameConfig(MoELoRAConfig):
                 "num_order_groups must be None or an integer in "
                 f"[1, num_experts={s['num_experts']}], got {g!r}"
             )
+
+
+def balance_kind(s: dict[str, Any]) -> str:
+    """The balance loss a module with settings ``s`` uses (``aux_loss=None`` resolved)."""
+    if s["aux_loss"] is not None:
+        return s["aux_loss"]
+    return "switch" if s.get("order_search") == "scan" else "grouped"
 
 
 def _validate_scan(s: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ from torch import nn
 from ...core.mixture import LowRankMixture
 from ...routing import Routing, RoutingState, grouped_switch_loss, switch_loss
 from ...transforms import dfrft_matrix, frft, get_transform
-from .config import initial_orders
+from .config import balance_kind, initial_orders
 from .factors import grouped_factors
 
 _SCRATCH_KEY = "frame_factors"
@@ -60,6 +60,7 @@ class FrameAdapter(LowRankMixture):
         name: str,
     ) -> None:
         super().__init__(in_features, out_features, settings, state, name)
+        self.aux_kind = balance_kind(settings)
         self.transform_name = settings["transform"]
         if self.transform_name == "chirp" and (in_features % 2 or out_features % 2):
             raise ValueError(

@@ -97,9 +97,8 @@ VARIANTS = {
     "(default 0.01)",
     "oracle-jitter-0.1": "orders fixed at the teachers', router learned, router input jitter 0.1",
     "scan-shared": "order scan with one sketch basis shared by a module's experts",
-    "scan-expert": "order scan with one sketch basis per expert (the default since the d = 256 "
-    "measurement)",
-    "scan-switch": "order scan, per-expert Switch balance loss instead of the order-grouped one",
+    "scan-grouped": "order scan with the order-grouped Switch balance loss (the per-expert one is "
+    "the scan's default)",
     "scan-rescans": "rescans at 25 % and 40 % after the scan at 10 % (the first design)",
     "scan-from-zero": "every expert starts held at order 0 (MoE-LoRA); the scan moves only those "
     "whose update fits 5 % better elsewhere",
@@ -111,8 +110,7 @@ VARIANTS = {
 }
 SCAN_VARIANTS = {
     "scan-shared": {"scan_basis": "shared"},
-    "scan-expert": {"scan_basis": "expert"},
-    "scan-switch": {"aux_loss": "switch"},
+    "scan-grouped": {"aux_loss": "grouped"},
     "scan-rescans": {"scan_at": [0.1, 0.25, 0.4]},
     "scan-from-zero": {"init_orders": "zeros"},
     "scan-fixed": {"order_mode": "fixed"},

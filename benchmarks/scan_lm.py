@@ -252,24 +252,44 @@ def aggregate(cells: list[dict]) -> dict[str, Any]:
                             for k in sorted({_kind(n) for n in mine[0]["orders"]})},
             }  # fmt: skip
         out["methods"][m] = entry
-    scan_cells = [c for c in cells if c["method"] == "frame-scan" and c["orders"]]
-    if scan_cells:  # where the scan put the orders, per layer and module kind (all seeds)
-        table: dict[str, dict[str, list[float]]] = {}
-        for c in scan_cells:
-            for name, orders in c["orders"].items():
-                layer = next((p for p in name.split(".") if p.isdigit()), "-")
-                table.setdefault(layer, {}).setdefault(_kind(name), []).extend(orders)
+    out["scan_orders_by_layer"] = {}
+    for m in (m for m in methods if m.startswith("frame-scan")):
+        out["scan_orders_by_layer"][m] = _orders_by_layer([c for c in cells if c["method"] == m])
+    return out
 
-        def summary(v: list[float]) -> list[float]:
-            return [sum(v) / len(v), sum(a == 0.0 for a in v) / len(v)]
 
-        def depth(item: tuple[str, dict]) -> int:
-            return int(item[0]) if item[0].isdigit() else -1
+def _orders_by_layer(cells: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Where the scan put the orders, per layer and module kind (all seeds): [mean, share at 0]."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for c in cells:
+        for name, orders in c["orders"].items():
+            layer = next((p for p in name.split(".") if p.isdigit()), "-")
+            table.setdefault(layer, {}).setdefault(_kind(name), []).extend(orders)
 
-        out["scan_orders_by_layer"] = {
-            layer: {k: summary(v) for k, v in kinds.items()}
-            for layer, kinds in sorted(table.items(), key=depth)
-        }
+    def depth(item: tuple[str, dict]) -> int:
+        return int(item[0]) if item[0].isdigit() else -1
+
+    return {
+        layer: {k: [sum(v) / len(v), sum(a == 0.0 for a in v) / len(v)] for k, v in kinds.items()}
+        for layer, kinds in sorted(table.items(), key=depth)
+    }
+
+
+def scan_evidence(cell_dir: Path) -> list[dict[str, Any]] | None:
+    """Per scan of a cell (from its ``scans.jsonl``): experts, how many have their best order
+    more than 1/d from 0, and the mean and min of score(now) / score(best)."""
+    path = cell_dir / "scans.jsonl"
+    if not path.exists():
+        return None
+    out = []
+    for line in path.read_text().splitlines():
+        experts = [(e, m["width"]) for m in json.loads(line)["modules"] for e in m["experts"]]
+        ratios = [e["score_before"] / e["score_best"] for e, _ in experts if e["score_best"] > 0]
+        out.append({
+            "experts": len(experts),
+            "far": sum(min(e["best_order"], 2 - e["best_order"]) > 1 / w for e, w in experts),
+            "ratio": (sum(ratios) / max(1, len(ratios)), min(ratios, default=float("nan"))),
+        })  # fmt: skip
     return out
 
 
@@ -311,26 +331,46 @@ def render(agg: dict, cells: list[dict], args, model_desc: str, cmd: str) -> str
             kinds = ", ".join(f"{k} {_pm(v)}" for k, v in e["orders"]["by_kind"].items())
             lines.append(f"| {m} | {e['orders']['at_zero']:.3f} | {e['orders']['mean']:.3f} | "
                          f"{kinds} |")  # fmt: skip
-    by_layer = agg.get("scan_orders_by_layer")
-    if by_layer:
+    for m, by_layer in agg.get("scan_orders_by_layer", {}).items():
         kinds = sorted({k for v in by_layer.values() for k in v})
         lines += [
-            "", "## frame-scan: final orders per layer (mean order; share at exactly 0)", "",
+            "", f"## {m}: final orders per layer (mean order; share at exactly 0)", "",
             "| layer | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds),
         ]  # fmt: skip
+        rows: list[tuple[list[str], str]] = []  # consecutive layers with equal rows share one
         for layer, v in by_layer.items():
-            cells_ = [f"{v[k][0]:.3f}; {v[k][1]:.2f}" if k in v else "–" for k in kinds]
-            lines.append(f"| {layer} | " + " | ".join(cells_) + " |")
+            text = " | ".join(f"{v[k][0]:.3f}; {v[k][1]:.2f}" if k in v else "–" for k in kinds)
+            if rows and rows[-1][1] == text:
+                rows[-1][0].append(layer)
+            else:
+                rows.append(([layer], text))
+        for layers, text in rows:
+            span = layers[0] if len(layers) == 1 else f"{layers[0]}–{layers[-1]}"
+            lines.append(f"| {span} | {text} |")
     scan_cells = [c for c in cells if c["scans"]]
     if scan_cells:
-        lines += ["", "## Scans", "", "| seed | step | first | experts moved | λ | statistics s | "
-                  "search s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "", "## Scans", "",
+            "`best ≠ 0`: experts whose best order lies more than 1/d from 0; `now / best`: the "
+            "fitted energy at the order the expert had before the scan over that at its best "
+            "order, mean (min) over experts: how much of what the best order captures the "
+            "current one does.", "",
+            "| method | seed | step | experts moved | best ≠ 0 | now / best | λ | statistics s | "
+            "search s |", "|---|---|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
         for c in scan_cells:
-            for s in c["scans"]:
+            evidence = scan_evidence(args.out_dir / "cells" / f"{c['method']}-seed{c['seed']}")
+            for i, s in enumerate(c["scans"]):
+                ev = evidence[i] if evidence and i < len(evidence) else None
                 lam = "–" if s["scale"] is None else f"{s['scale']:.3g}"
+                far, ratio = "–", "–"
+                if ev is not None:
+                    far = f"{ev['far']} of {ev['experts']}"
+                    ratio = f"{ev['ratio'][0]:.3f} ({ev['ratio'][1]:.3f})"
                 lines.append(
-                    f"| {c['seed']} | {s['step']} | {s['first']} | {s['num_jumps']} | "
-                    f"{lam} | {s['seconds_statistics']:.1f} | {s['seconds_search']:.1f} |"
+                    f"| {c['method']} | {c['seed']} | {s['step']} | {s['num_jumps']} | {far} | "
+                    f"{ratio} | {lam} | {s['seconds_statistics']:.1f} | "
+                    f"{s['seconds_search']:.1f} |"
                 )
     return "\n".join(lines) + "\n"
 

@@ -158,4 +158,7 @@ def test_scan_lm_quick_resumes_and_aggregates(tmp_path):
     scan = data["aggregate"]["methods"]["frame-scan"]
     assert scan["minus_moe_lora"] is not None and "orders" in scan
     assert [s["first"] for s in data["cells"][0]["scans"]] == [True]  # one scan by default
-    assert "held-out" in out.with_suffix(".md").read_text().lower()
+    page = out.with_suffix(".md").read_text()
+    assert "held-out" in page.lower() and "frame-scan: final orders per layer" in page
+    assert set(data["aggregate"]["scan_orders_by_layer"]) == {"frame-scan"}
+    assert " of " in next(line for line in page.splitlines() if line.startswith("| frame-scan | 0"))

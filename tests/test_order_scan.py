@@ -168,6 +168,9 @@ def test_jumps_move_pin_refactor_the_experts_and_zero_first_moments_only():
     best_rank_2 = (u[:, :2] * sv[:2]) @ vh[:2]
     new_update = adapter.dense_delta_weights()[1]
     torch.testing.assert_close(new_update, best_rank_2, rtol=1e-4, atol=1e-6)
+    # A keeps its scale (RMS row norm), orthogonal rows; B carries the update
+    kappa = before["A"][1].norm() / 2**0.5
+    torch.testing.assert_close(adapter.A[1] @ adapter.A[1].T, kappa**2 * torch.eye(2))
     for p in (adapter.A, adapter.B, adapter.order_logits):
         state, old = opt.state[p], states[id(p)]
         assert torch.all(state["exp_avg"][1:] == 0)

@@ -287,16 +287,21 @@ def apply_jumps(
 
 
 def _spatial_part(adapter: FrameAdapter, experts: list[int]) -> dict[int, tuple]:
-    """``{e: (B, A)}`` with ``B A = H_r(B'_e A'_e)`` for the experts' current effective factors
-    (split evenly: B = U_r S^½, A = S^½ V_rᵀ), from QR of the factors and a 2r × 2r SVD."""
+    """``{e: (B, A)}`` with ``B A = H_r(B'_e A'_e)`` for the experts' current effective factors,
+    from QR of the factors and a 2r × 2r SVD ``U S Vᵀ``: ``A = κ V_rᵀ``, ``B = U_r S_r / κ``.
+
+    κ is the expert's current RMS row norm of A, so A keeps the scale it had (LoRA's Kaiming
+    scale, early in training) and B carries the update. The balanced split ``S^½`` on both sides
+    shrinks A as much as B when the update is small (early on it is), and gradient steps on two
+    small factors barely move them: on SmolLM2 that split ended 0.02 nats above MoE-LoRA."""
     a_eff, b_eff = (t.detach().double() for t in adapter.expert_factors())
     r, out = adapter.rank, {}
     for e in experts:
         qb, rb = torch.linalg.qr(b_eff[e])  # (d_out, R), (R, R)
         qa, ra = torch.linalg.qr(a_eff[e].T)  # (d_in, R), (R, R)
         u, sv, vh = torch.linalg.svd(rb @ ra.T)
-        root = sv[:r].sqrt()
-        out[e] = (qb @ (u[:, :r] * root), (root[:, None] * vh[:r]) @ qa.T)
+        kappa = float(adapter.A[e].detach().double().norm()) / math.sqrt(r) or 1.0
+        out[e] = (qb @ (u[:, :r] * (sv[:r] / kappa)), kappa * vh[:r] @ qa.T)
     return out
 
 

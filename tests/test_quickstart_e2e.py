@@ -36,4 +36,6 @@ def test_quickstart_small_end_to_end(tmp_path):
     frame = json.loads((tmp_path / "frame" / "eval.json").read_text())
     assert set(frame["tasks"]) == {"arc_easy", "boolq", "piqa", "gsm8k"}
     assert frame["metadata"]["parameters"]["trainable"] > 0
+    scans = (tmp_path / "frame" / "scans.jsonl").read_text().splitlines()
+    assert len(scans) == 1  # the recipe's FRAME searches its orders once (order_search: scan)
     assert "NOT the papers' protocol" in (tmp_path / "compare.md").read_text()

@@ -305,7 +305,9 @@ def render(agg: dict, cells: list[dict], args, model_desc: str, cmd: str) -> str
         f"Command: `{cmd}`  ",
         f"Model: {model_desc}; targets {', '.join(args.targets)}; {args.steps} steps of 4 items; "
         f"git {git_state(HERE.parent)}.  ",
-        "Machine: " + "; ".join(f"{k} {v}" for k, v in machine_info().items()),
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in machine_info().items()) + "  ",
+        "Cells: every `cells/<method>-seed<k>/cell.json` under the output folder, whichever "
+        "invocation made it (the study runs in parts; each cell records its method and seed).",
         "",
         "Held-out answer loss (mean cross-entropy per answer token; lower is better), mean ± "
         "std over seeds; `- MoE-LoRA`: the paired difference per seed, mean ± std.",

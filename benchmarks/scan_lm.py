@@ -14,7 +14,8 @@ for every method and seed, on the same data order per seed. Methods:
   only those whose update fits 5 % better elsewhere);
 - ``base``: the frozen model, no training (the reference of the loss);
 - on request (``--methods``), ``frame-at-A``: every expert fixed at order A (0.05, 0.25, 0.5, 1),
-  to check against the loss itself what the scan's statistic says about the orders.
+  to check against the loss itself what the scan's statistic says about the orders;
+  ``frame-scan-late``: the scan at 10 %, then rescans at 50 % and 90 % of the steps.
 
 Metric: held-out **answer loss**, the mean cross-entropy per answer token of the quick start's
 held-out items (ARC-Easy, BoolQ, PIQA: 32 each, GSM8K: 12; prompt tokens are not scored), per task
@@ -58,6 +59,8 @@ METHODS = (
 )  # fmt: skip
 #: Every expert fixed at one order (not in the default list): does the loss agree with the scan?
 FIXED_AT = {f"frame-at-{a:g}": a for a in (0.05, 0.25, 0.5, 1.0)}
+#: On request: the scan again later in training (does a domain appear once the experts learned?).
+OPTIONAL = ("frame-scan-late",)
 BUDGET = {"num_experts": 4, "top_k": 2, "rank": 4}
 
 
@@ -79,6 +82,7 @@ def adapter_config(method: str, targets: list[str]) -> fp.AdapterConfig | None:
         "frame-fixed": {"order_mode": "fixed"},
         "frame-scan": {"order_search": "scan"},
         "frame-scan-zero": {"order_search": "scan", "init_orders": "zeros"},
+        "frame-scan-late": {"order_search": "scan", "scan_at": [0.1, 0.5, 0.9]},
     }[method]
     return fp.FrameConfig(**common, **BUDGET, **frame)
 
@@ -396,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             args.out_dir = Path(tempfile.gettempdir()) / "frame-peft-bench" / "scan_lm"
     args.targets = [t for t in args.targets.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in methods if m not in METHODS and m not in FIXED_AT]
+    bad = [m for m in methods if m not in (*METHODS, *FIXED_AT, *OPTIONAL)]
     if bad:
-        parser.error(f"unknown methods {bad}; choose from {[*METHODS, *FIXED_AT]}")
+        parser.error(f"unknown methods {bad}; choose from {[*METHODS, *FIXED_AT, *OPTIONAL]}")
     cmd = command_line("scan_lm.py", argv)
     cells_dir = args.out_dir / "cells"
     for seed in range(args.seeds):

@@ -58,6 +58,23 @@ def test_invalid_configs(make, message):
         make()
 
 
+def test_register_method_refuses_a_taken_name():
+    from dataclasses import dataclass
+
+    from frame_peft.core.config import adapter_class
+
+    lora = fp.LoRAConfig
+    fp.register_method(lora, adapter_class("lora"))  # the same pair again: a no-op
+
+    @dataclass
+    class Impostor(fp.LoRAConfig):
+        method = "lora"
+
+    with pytest.raises(ValueError, match="'lora' is already registered"):
+        fp.register_method(Impostor, adapter_class("lora"))
+    assert fp.config_from_dict({"method": "lora", "target_modules": ["x"]}).__class__ is lora
+
+
 def test_unknown_method_and_unknown_field():
     with pytest.raises(ValueError, match="unknown method 'dora2'"):
         fp.config_from_dict({"method": "dora2"})

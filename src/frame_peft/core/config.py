@@ -20,7 +20,17 @@ _REGISTRY: dict[str, tuple[type[AdapterConfig], type]] = {}
 
 
 def register_method(config_cls: type[AdapterConfig], adapter_cls: type) -> None:
-    """Make a method available to ``inject``/``load_adapter`` under ``config_cls.method``."""
+    """Make a method available to ``inject``/``load_adapter`` under ``config_cls.method``.
+
+    Registering the same pair again is a no-op (re-imports); another pair under a taken name is
+    refused, since it would silently change what every saved adapter of that method loads as."""
+    taken = _REGISTRY.get(config_cls.method)
+    if taken is not None and taken != (config_cls, adapter_cls):
+        raise ValueError(
+            f"a method named {config_cls.method!r} is already registered "
+            f"({taken[0].__module__}.{taken[0].__name__}); give {config_cls.__name__} another "
+            "`method` name"
+        )
     _REGISTRY[config_cls.method] = (config_cls, adapter_cls)
 
 

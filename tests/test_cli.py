@@ -63,3 +63,15 @@ def test_every_builtin_recipe_validates():
         for method in recipe.compare:
             if method != "base":
                 recipe.adapter_kwargs(method, validate=True)
+
+
+def test_version_is_one_string_everywhere():
+    import tomllib
+    from pathlib import Path
+
+    import frame_peft
+    from frame_peft._version import __version__
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert frame_peft.__version__ == __version__ == declared

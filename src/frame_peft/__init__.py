@@ -13,6 +13,7 @@ loss = out.loss + fp.aux_loss(model)
 from __future__ import annotations
 
 from . import accounting, peft_bridge, transforms
+from ._version import __version__
 from .accounting import parameter_table
 from .core.adapter import AdaptedLinear, Adapter, NotMergeableError
 from .core.config import AdapterConfig, config_from_dict, method_names, register_method
@@ -42,8 +43,6 @@ from .methods.frame.scan import ScanReport, ScanSettings, scan_orders, scan_step
 from .optim import AdapterOptimizer, build_optimizer, is_order_parameter
 from .peft_bridge import export_peft_lora, is_peft_model, peft_baseline
 from .routing import routing_context
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "AdaptedLinear",

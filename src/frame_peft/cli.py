@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from ._version import __version__
 
 _SET_HELP = (
     "override a recipe value, dotted path = YAML value; repeatable "

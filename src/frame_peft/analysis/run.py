@@ -238,7 +238,7 @@ def analyze_run(
         ValueError: no run, several runs without ``output_dir``, a refused method, bad counts.
         FileNotFoundError: a directory that is not a finished run.
     """
-    from .. import __version__
+    from .._version import __version__
     from .figures import analysis_figures
     from .report import write_report
 

@@ -52,7 +52,7 @@ def with_optional_state(
 
 def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the model's adapter to the directory ``path`` (created if needed); return it."""
-    from .. import __version__
+    from .._version import __version__
 
     inj = require_injection(model)
     out = Path(path)

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from .._files import atomic_write_bytes
+from .._version import __version__
 from ..peft_bridge import count_parameters
 from ..recipes.schema import BASELINE, Recipe, load_recipe
 from .data_prep import PreparedData, prepare_data

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .. import __version__
+from .._version import __version__
 from ..core.inject import find_injection
 from ..optim import build_optimizer
 from ..peft_bridge import after_optimizer_step, aux_loss, is_peft_model

@@ -46,7 +46,7 @@ def test_pinned_orders_read_back_and_get_no_gradient():
     model, adapter = _layer_model()
     orders = adapter.orders()
     assert orders[[0, 3, 5]].tolist() == [0.0, 0.0, 0.0] and orders[2].item() == 1.0
-    assert adapter.spatial_experts() == (0, 3, 5)
+    assert adapter.spatial_experts() == (0, 3, 5) and adapter.pinned_experts() == (0, 2, 3, 5)
     x = torch.randn(7, 32)
     model(x).square().sum().backward()
     g = adapter.order_logits.grad
@@ -58,6 +58,7 @@ def test_held_experts_match_the_dense_reference_and_the_transform_path(order_mod
     init = [0.0, 0.3, 1.0, 0.0, 0.7, 0.0] if order_mode == "fixed" else None
     model, adapter = _layer_model(order_mode, init)
     assert adapter.spatial_experts() == (0, 3, 5)
+    assert adapter.pinned_experts() == ((0, 2, 3, 5) if order_mode == "learned" else ())
     x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(3))
     out = model(x)
     a, b, slots = adapter.mixture_factors()

@@ -115,6 +115,11 @@ class FrameAdapter(LowRankMixture):
             return ()
         return self._refresh_held()[0]
 
+    def pinned_experts(self) -> tuple[int, ...]:
+        """Experts whose learned order is held (``order_pins``: set by a scan, or started at 0 or
+        1 with ``order_search="scan"``); () with fixed orders."""
+        return self._refresh_held()[1] if self.learned else ()
+
     def _refresh_held(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(experts held at 0, experts pinned)``, re-read when the buffer has changed."""
         held = self._held_orders()

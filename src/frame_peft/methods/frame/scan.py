@@ -220,7 +220,7 @@ def scan_module(
         pass2.append([min(max(best + j * step, 0.0), 1.0) for j in range(-4, 5) if j])
     f2 = _fit(sketch, pass2, rank, transform, settings.iters)
 
-    held_now = set(adapter._refresh_held()[1]) if adapter.learned else set()
+    held_now = set(adapter.pinned_experts())
     decisions, jumps = [], []
     for i, e in enumerate(present):
         scores = {**f1[i], **f2[i]}
@@ -396,7 +396,7 @@ def scan_orders(
     seed = settings.seed + (step or 0)
     # A first scan over experts that are still at their (arbitrary) starting orders records with
     # the experts off; once they are held somewhere (started at 0) or after a scan, they are on.
-    held = any(ad.learned and ad._refresh_held()[1] for ad in frame_adapters(model).values())
+    held = any(ad.pinned_experts() for ad in frame_adapters(model).values())
     fresh = first and not held
     mode = "zero" if fresh else "current"
     grads = {p: p.grad for p in model.parameters() if p.requires_grad}

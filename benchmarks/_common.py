@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
+from frame_peft._files import write_json
+
 
 def write_results(out: Path, page: str, res: dict) -> Path:
     """Write a results page to ``out`` and its data beside it (``.json``); return the JSON path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
-    data = out.with_suffix(".json")
-    data.write_text(json.dumps(res, indent=1))
-    return data
+    return write_json(out.with_suffix(".json"), res, indent=1, newline=False)
 
 
 def cpu_model() -> str:

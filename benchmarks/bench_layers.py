@@ -63,6 +63,7 @@ from _common import (
     run_memory_worker,
     shape_list,
     wants_quick,
+    write_results,
 )
 from _layer_methods import METHODS, TOP_K, build, match_budgets, target_budget
 from _layer_report import cell_table, gap_table, report, summary_table, targets
@@ -387,9 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     if out is None:
         print(text)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(cells_json(cells, run), indent=1))
+    write_results(out, text, cells_json(cells, run))
     log(f"wrote {out} and {out.with_suffix('.json')}")
 
 

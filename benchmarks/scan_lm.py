@@ -49,7 +49,7 @@ import torch
 import frame_peft as fp
 from _common import command_line, machine_info, wants_quick, write_results
 from _layer_report import git_state
-from frame_peft._files import atomic_write_bytes
+from frame_peft._files import write_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "scan_lm"
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             cell = run_cell(method, seed, args, cell_dir)
             cell_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(done, (json.dumps(cell) + "\n").encode())
+            write_json(done, cell, indent=None)
             print(f"[scan_lm] {method} seed {seed}: held-out {cell['heldout_overall']:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     cells = [json.loads(p.read_text()) for p in sorted(cells_dir.glob("*/cell.json"))]

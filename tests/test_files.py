@@ -1,11 +1,16 @@
-"""frame_peft._files: atomic writes keep the usual permissions."""
+"""frame_peft._files and frame_peft._tables: atomic writes keep the usual permissions; the one
+JSON writer keeps each format's bytes; the one markdown-table writer."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
-from frame_peft._files import atomic_write_bytes
+import pytest
+
+from frame_peft._files import append_json_line, atomic_write_bytes, write_json
+from frame_peft._tables import markdown_table
 
 
 def test_atomic_write_replaces_whole_file_with_umask_permissions(tmp_path):
@@ -19,3 +24,30 @@ def test_atomic_write_replaces_whole_file_with_umask_permissions(tmp_path):
     assert path.read_bytes() == b"second"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0600
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temp file left behind
+
+
+def test_write_json_formats_are_reachable_and_atomic(tmp_path):
+    obj = {"b": 1, "a": [0.5, None], "p": tmp_path}
+    path = write_json(tmp_path / "x.json", obj, default=str)
+    assert path.read_text() == json.dumps(obj, indent=2, default=str) + "\n"
+    write_json(path, {"b": 1, "a": 2}, indent=1, sort_keys=True, newline=False)
+    assert path.read_bytes() == b'{\n "a": 2,\n "b": 1\n}'
+    with pytest.raises(ValueError):
+        write_json(path, {"x": float("nan")}, allow_nan=False)
+    assert path.read_bytes() == b'{\n "a": 2,\n "b": 1\n}'  # a failed write leaves the old file
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_append_json_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_json_line(path, {"step": 1})
+    append_json_line(path, {"step": 2})
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_markdown_table_alignment_and_cells():
+    table = markdown_table(["a", "b", "c"], [[1, 2.5, None]], align="lr", fmt=repr)
+    assert table == "| a | b | c |\n|---|---:|---|\n| 1 | 2.5 | None |"
+    assert markdown_table(["x"], []) == "| x |\n|---|"
+    with pytest.raises(ValueError, match="align"):
+        markdown_table(["x"], [], align="c")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ._tables import markdown_table as _markdown_table
 from .core.config import AdapterConfig
 from .core.inject import count_parameters, inject
 
@@ -93,17 +94,21 @@ def _pct(x: float | None) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| method | total | trainable | trainable % | active / token | active % | note |",
-        "|---|---:|---:|---:|---:|---:|---|",
+    """The rows of :func:`parameter_table` as a markdown table (docs/parameters.md's form)."""
+    headers = ["method", "total", "trainable", "trainable %", "active / token", "active %", "note"]
+    cells = [
+        [
+            r["method"],
+            _fmt(r["total"]),
+            _fmt(r["trainable"]),
+            _pct(r["trainable_pct"]),
+            _fmt(r["active_per_token"]),
+            _pct(r["active_pct"]),
+            r["note"],
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {_fmt(r['total'])} | {_fmt(r['trainable'])} | "
-            f"{_pct(r['trainable_pct'])} | {_fmt(r['active_per_token'])} | "
-            f"{_pct(r['active_pct'])} | {r['note']} |"
-        )
-    return "\n".join(lines)
+    return _markdown_table(headers, cells, align="lrrrrrl")
 
 
 def default_methods() -> dict[str, AdapterConfig | PeftMethod]:

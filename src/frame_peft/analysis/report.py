@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_write_bytes
+from .._files import atomic_write_bytes, write_json
 from .figures import SECTIONS
 
 __all__ = ["jsonable", "write_analysis_json", "write_report"]
@@ -120,10 +119,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_analysis_json(analysis: Mapping[str, Any], path: str | Path) -> Path:
     """Write the numbers as strict JSON (NaN -> null); returns the path."""
-    path = Path(path)
-    text = json.dumps(jsonable(analysis), indent=1, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
-    return path
+    return write_json(path, jsonable(analysis), indent=1, allow_nan=False)
 
 
 def _e(value: Any) -> str:

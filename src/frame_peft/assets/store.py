@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_write_bytes, file_sha256
+from .._files import file_sha256, write_json
 from .registry import ASSETS, Asset
 
 __all__ = [
@@ -114,7 +114,7 @@ def read_marker(name: str, cache: Path | str | None = None) -> dict[str, Any] | 
 
 def write_marker(folder: Path, record: dict[str, Any]) -> None:
     """Write ``folder/.complete.json`` atomically (temp file, fsync, rename)."""
-    atomic_write_bytes(folder / MARKER, json.dumps(record, indent=1, sort_keys=True).encode())
+    write_json(folder / MARKER, record, indent=1, sort_keys=True, newline=False)
 
 
 def missing_message(name: str, cache: Path | str | None = None) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .._files import write_json
 from .types import Example
 
 __all__ = [
@@ -166,7 +167,7 @@ class TaskVocabulary:
         return cls(data["tasks"])
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVocabulary:

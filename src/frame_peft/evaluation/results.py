@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._files import write_json
+from .._tables import markdown_table
 from ..data.types import FAMILIES, TaskKind
 
 __all__ = ["PRIMARY_METRIC", "EvalResults", "TaskResult", "comparison_table"]
@@ -158,8 +160,7 @@ class EvalResults:
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load_json(cls, path: str | Path) -> EvalResults:
@@ -190,19 +191,25 @@ class EvalResults:
                 f"{params.get('trainable')}, active per token {params.get('active_per_token')}"
                 + share
             )
-        lines += ["", "| task | family | kind | n | primary | score | other metrics |"]
-        lines.append("|---|---|---|---:|---|---:|---|")
-        for name, t in self.tasks.items():
-            others = ", ".join(
-                f"{k} {_pct(v)}" for k, v in t.metrics.items() if k != t.primary_metric
-            )
-            lines.append(
-                f"| {name} | {t.family} | {t.kind} | {t.n} | {t.primary_metric} | "
-                f"{_pct(t.primary)} | {others} |"
-            )
-        for family, value in self.family_averages().items():
-            lines.append(f"| **{family} avg** |  |  |  |  | {_pct(value)} |  |")
-        lines.append(f"| **overall avg** (mean over tasks) |  |  |  |  | {_pct(self.overall)} |  |")
+        rows = [
+            [
+                name,
+                t.family,
+                t.kind,
+                t.n,
+                t.primary_metric,
+                _pct(t.primary),
+                ", ".join(f"{k} {_pct(v)}" for k, v in t.metrics.items() if k != t.primary_metric),
+            ]
+            for name, t in self.tasks.items()
+        ]
+        rows += [
+            [f"**{family} avg**", "", "", "", "", _pct(value), ""]
+            for family, value in self.family_averages().items()
+        ]
+        rows.append(["**overall avg** (mean over tasks)", "", "", "", "", _pct(self.overall), ""])
+        headers = ["task", "family", "kind", "n", "primary", "score", "other metrics"]
+        lines += ["", markdown_table(headers, rows, align="lllrlrl")]
         return "\n".join(lines) + "\n"
 
 
@@ -225,7 +232,7 @@ def comparison_table(results: Sequence[EvalResults], names: Sequence[str] | None
         families += [f for f in r.family_averages() if f not in families]
     families = _family_order(families)
     header = ["method", *tasks, *(f"{f} avg" for f in families), "overall", "active %"]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    rows = []
     for i, r in enumerate(results):
         name = names[i] if names is not None else str(r.metadata.get("method", f"run {i}"))
         fam = r.family_averages()
@@ -237,5 +244,5 @@ def comparison_table(results: Sequence[EvalResults], names: Sequence[str] | None
             _pct(r.overall),
             f"{pct:.3f}" if pct is not None else "–",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return markdown_table(header, rows, align="l" + "r" * (len(header) - 1)) + "\n"

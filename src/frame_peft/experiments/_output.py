@@ -6,12 +6,12 @@ byte-identical files; the runtime goes into the markdown only.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._files import write_json
 from ..analysis.plotting import pyplot, save_figure
 
 RESULTS_JSON = "results.json"
@@ -19,19 +19,13 @@ RESULTS_MD = "results.md"
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    """A table cell: floats to ``digits`` decimals, None/NaN as an en dash."""
+    """A table cell: floats to ``digits`` decimals, None/NaN as an en dash (the ``fmt`` the
+    experiments pass to :func:`frame_peft._tables.markdown_table`)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub markdown table; float cells are formatted with :func:`fmt`."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_outputs(
@@ -45,7 +39,7 @@ def write_outputs(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = {"json": output_dir / RESULTS_JSON, "markdown": output_dir / RESULTS_MD}
-    written["json"].write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_json(written["json"], results, sort_keys=True)
     written["markdown"].write_text(markdown.rstrip() + "\n")
     plt = pyplot()
     for stem, draw in plots.items():

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._tables import markdown_table
 from ..transforms import coherence
-from ._output import markdown_table, write_outputs
+from ._output import fmt, write_outputs
 
 NAME = "coherence"
 
@@ -166,6 +167,7 @@ def _markdown(results: dict[str, Any], cfg: CoherenceConfig, elapsed: float) -> 
                     "n·Δa(2/sqrt n)",
                 ],
                 rows,
+                fmt=fmt,
             ),
         ]
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._tables import markdown_table
 from ._multi import pm
-from ._output import markdown_table
+from ._output import fmt
 
 if TYPE_CHECKING:
     from .domain_recovery import DomainRecoveryConfig
@@ -66,11 +67,13 @@ def markdown_report(results: dict[str, Any], cfg: DomainRecoveryConfig, elapsed:
         markdown_table(
             ["method", *task_cols, "mean over tasks"],
             _error_rows(results["methods"], with_floor=True),
+            fmt=fmt,
         ),
         "",
         markdown_table(
             ["method", "what", "active params"],
             [[n, m["description"], m["active_parameters"]] for n, m in results["methods"].items()],
+            fmt=fmt,
         ),
         "",
         "## Mean error over tasks, per seed",
@@ -81,6 +84,7 @@ def markdown_report(results: dict[str, Any], cfg: DomainRecoveryConfig, elapsed:
                 [n, *[sum(r) / len(r) for r in m["errors_per_seed"]]]
                 for n, m in results["methods"].items()
             ],
+            fmt=fmt,
         ),
     ]
     frame_rows = [[n, *_recovery(m)] for n, m in results["methods"].items()
@@ -93,7 +97,9 @@ def markdown_report(results: dict[str, Any], cfg: DomainRecoveryConfig, elapsed:
             f"and tasks recovered (within {results['tolerance']:.4f} = "
             f"{cfg.tolerance_units:g}/d) per seed",
             "",
-            markdown_table(["run", "served order error", "recovered per seed"], frame_rows),
+            markdown_table(
+                ["run", "served order error", "recovered per seed"], frame_rows, fmt=fmt
+            ),
         ]
     scans = _scan_lines(results)
     if scans:
@@ -107,11 +113,13 @@ def markdown_report(results: dict[str, Any], cfg: DomainRecoveryConfig, elapsed:
             markdown_table(
                 ["variant", *task_cols, "mean over tasks"],
                 _error_rows(results["variants"], with_floor=False),
+                fmt=fmt,
             ),
             "",
             markdown_table(
                 ["variant", "what"],
                 [[n, v["description"]] for n, v in results["variants"].items()],
+                fmt=fmt,
             ),
         ]
     basin = results["per_seed"][str(seeds[0])]["basin"]
@@ -137,6 +145,6 @@ def markdown_report(results: dict[str, Any], cfg: DomainRecoveryConfig, elapsed:
             f"## Order basin: one expert, no routing; seed {seeds[0]} initial -> final order "
             "(relative error), and seeds recovered",
             "",
-            markdown_table(["a_t", *[f"start {u}/d away" for u in offsets]], rows),
+            markdown_table(["a_t", *[f"start {u}/d away" for u in offsets]], rows, fmt=fmt),
         ]
     return "\n".join(out)

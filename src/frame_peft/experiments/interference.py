@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._tables import markdown_table
 from ._multi import configured, mean_std, pm, scalar_mean_std, seed_list
-from ._output import markdown_table, write_outputs
+from ._output import fmt, write_outputs
 from .synthetic import (
     DEFAULT_METHODS,
     METHOD_INFO,
@@ -155,7 +156,7 @@ def _markdown(results: dict[str, Any], cfg: InterferenceConfig, elapsed: float) 
             "",
             "## Relative error per task: single-task / multi-task / gap (multi - single)",
             "",
-            markdown_table(["method", "active params", *cols, "mean gap"], rows),
+            markdown_table(["method", "active params", *cols, "mean gap"], rows, fmt=fmt),
             "",
             f"Eckart-Young floor of a fixed rank-{results['rank_floor_rank']} update per task "
             f"(bounds LoRA in both settings): {floor}.",

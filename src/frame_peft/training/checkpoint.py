@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import write_json
 from ..core.inject import find_injection
 from ..core.serialization import (
     adapter_state_dict,
@@ -245,10 +246,6 @@ def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 # -- whole training state ------------------------------------------------------------------------
 
 
@@ -283,7 +280,7 @@ def save_checkpoint(
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
     env.barrier()
     if env.is_main:
-        write_json(tmp / STATE_NAME, trainer_state)
+        write_json(tmp / STATE_NAME, trainer_state, sort_keys=True)
         commit_dir(tmp, final)
     env.barrier()
     return final

@@ -22,7 +22,6 @@ experts are part of the model's state dict), so resuming from them does not reru
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .._files import atomic_write_bytes
+from .._files import append_json_line
 from ..core.inject import require_injection
 from ..methods.frame.scan import scan_orders, scan_steps
 from .order_scan import SCANS_FILE, gather_stats
@@ -114,6 +113,5 @@ class OrderScanHFCallback(_HFCallback):
         if state.is_world_process_zero:
             path = Path(args.output_dir) / SCANS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
-            old = path.read_bytes() if path.exists() else b""
-            atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode())
+            append_json_line(path, record)
         return control

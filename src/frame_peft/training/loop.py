@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._files import write_json
 from .._version import __version__
 from ..core.inject import find_injection
 from ..optim import build_optimizer
@@ -234,7 +235,7 @@ class Trainer:
                     stacklevel=2,
                 )
         if env.is_main:
-            ckpt.write_json(out / "train_config.json", cfg.to_dict())
+            write_json(out / "train_config.json", cfg.to_dict(), sort_keys=True)
         logger = RunLogger(
             out, total, pos.step, enabled=env.is_main, progress=cfg.progress,
             tensorboard=cfg.tensorboard,

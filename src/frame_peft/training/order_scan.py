@@ -19,7 +19,6 @@ a scan holds its result (orders, pins, reset experts, optimizer state).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from .._files import atomic_write_bytes
+from .._files import append_json_line
 from ..core.inject import find_injection
 from ..methods.frame.scan import scan_orders, scan_steps
 from ..methods.frame.scan_stats import TokenStats
@@ -132,8 +131,7 @@ class OrderScanCallback(TrainerCallback):
         self.reports.append(record)
         if trainer.rank == 0:
             path = Path(trainer.config.output_dir) / SCANS_FILE
-            old = path.read_bytes() if path.exists() else b""
-            atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode())
+            append_json_line(path, record)
             if report.note:
                 trainer._logger.write(f"order scan at step {step}: {report.note}")
                 return

@@ -13,8 +13,8 @@ import torch
 import frame_peft as fp
 from _adapters import adapters, assert_equals_reference, inputs, perturb
 from _models import MODELS, TARGETS, batch
-from frame_peft.methods.flylora import FlyLoRAAdapter, FlyLoRAConfig
-from frame_peft.routing import RoutingState
+from frame_peft.core.adapter import build_adapter
+from frame_peft.methods.flylora import FlyLoRAConfig
 
 U = 1e-3
 
@@ -28,7 +28,7 @@ def build(model_name, **kw):
 
 
 def make_adapter(d_in=12, d_out=20, name="m", **kw):
-    return FlyLoRAAdapter(d_in, d_out, make_config(**kw).settings_for(name), RoutingState(), name)
+    return build_adapter(make_config(**kw), d_in, d_out, name)
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
@@ -166,7 +166,7 @@ def test_config_roundtrip_and_defaults():
     assert fp.config_from_dict(cfg.to_dict()) == cfg
     d = FlyLoRAConfig()
     assert (d.rank, d.top_k, d.bias_update_rate) == (32, 8, 1e-3)
-    assert d.settings_for("x")["alpha"] == 64.0
+    assert d.for_module("x").alpha == 64.0
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from torch import nn
 import frame_peft as fp
 from _adapters import inputs, perturb
 from _models import MODELS
+from frame_peft.core.adapter import build_adapter
 from frame_peft.core.inject import find_injection
 from frame_peft.methods.fouriermoe import FourierMoEAdapter, FourierMoEConfig
 from frame_peft.methods.fouriermoe.layer import (
@@ -25,7 +26,6 @@ from frame_peft.methods.fouriermoe.layer import (
     half_plane_size,
 )
 from frame_peft.methods.fouriermoe.spectral_mix import Dispatch, build_pattern, spectral_mix
-from frame_peft.routing import RoutingState
 
 
 def make_config(t):
@@ -40,7 +40,7 @@ def build(model_name: str):
 
 def adapter(d_in=16, d_out=24, **kw) -> FourierMoEAdapter:
     cfg = FourierMoEConfig(**{"num_experts": 4, "top_k": 2, "num_coefficients": 8, **kw})
-    a = FourierMoEAdapter(d_in, d_out, cfg.settings_for("m"), RoutingState(), "m")
+    a = build_adapter(cfg, d_in, d_out, "m")
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         a.coef_real.normal_(generator=g)
@@ -93,15 +93,14 @@ def test_each_expert_draws_distinct_positions_in_its_ring():
         pts = [tuple(p) for p in a.positions[e].tolist()]
         assert len(set(pts)) == 10
         assert all(ring_of[p] == e for p in pts)
-    b = FourierMoEAdapter(16, 24, a_settings(), RoutingState(), "other.module")
-    c = FourierMoEAdapter(16, 24, a_settings(), RoutingState(), "m")
+    b = build_adapter(a_config(), 16, 24, "other.module")
+    c = build_adapter(a_config(), 16, 24, "m")
     assert not torch.equal(b.positions, a.positions)  # the name enters the seed
     assert torch.equal(c.positions, a.positions)  # and is stable
 
 
-def a_settings():
-    cfg = FourierMoEConfig(num_experts=4, top_k=2, num_coefficients=10)
-    return cfg.settings_for("m")
+def a_config():
+    return FourierMoEConfig(num_experts=4, top_k=2, num_coefficients=10)
 
 
 def test_centered_label():
@@ -291,9 +290,7 @@ def test_experts_without_tokens_and_float32_gradients():
 def test_activation_path_saves_no_per_coefficient_tables():
     """Backward keeps O(T·(d_in + d_out)) values: no saved tensor grows with T·k·n."""
     d_in, d_out, t = 64, 48, 32
-    a = FourierMoEAdapter(
-        d_in, d_out, FourierMoEConfig(num_experts=4, top_k=2).settings_for("m"), RoutingState(), "m"
-    )
+    a = build_adapter(FourierMoEConfig(num_experts=4, top_k=2), d_in, d_out, "m")
     n = a.num_coefficients
     assert 2 * n > d_in + d_out  # so that a (T, k·n) table would be the largest saved tensor
     saved = []
@@ -393,9 +390,9 @@ def test_config_defaults_roundtrip_and_too_many_coefficients():
     cfg = FourierMoEConfig()
     assert (cfg.num_experts, cfg.top_k, cfg.rank, cfg.alpha, cfg.dropout) == (8, 2, 4, 150.0, 0.05)
     assert fp.config_from_dict(cfg.to_dict()) == cfg
-    a = FourierMoEAdapter(64, 96, cfg.settings_for("m"), RoutingState(), "m")
+    a = build_adapter(cfg, 64, 96, "m")
     assert a.num_coefficients == 4 * (64 + 96) // 2  # rank-matched: 2n = r (d_in + d_out)
-    small = FourierMoEAdapter(8, 8, cfg.settings_for("m"), RoutingState(), "m")
+    small = build_adapter(cfg, 8, 8, "m")
     assert small.num_coefficients == half_plane_size(8, 8) // 8  # capped at the ring size
     too_many = FourierMoEConfig(num_coefficients=10_000, target_modules=["q_proj"])
     base = MODELS["llama"]()

@@ -7,7 +7,6 @@ run in ``test_adapters_matrix.py`` (``_adapters.CONFIGS``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -16,7 +15,8 @@ import torch
 import frame_peft as fp
 from _adapters import adapters, perturb
 from _models import MODELS, batch, tiny_llama
-from frame_peft.methods.hmora import HMoRAAdapter, HMoRAConfig
+from frame_peft.core.adapter import build_adapter
+from frame_peft.methods.hmora import HMoRAConfig
 from frame_peft.methods.hmora.config import initial_beta
 from frame_peft.routing import RoutingState
 
@@ -36,10 +36,8 @@ def build(model_name: str, config=CONFIG, targets="all-linear"):
 def make_adapter(d_in=16, d_out=12, layer_index=None, num_layers=0, **kw):
     """One standalone HMoRA module with its own routing state (as ``inject`` builds it)."""
     cfg = HMoRAConfig(**{"target_modules": ["x"], "dropout": 0.0, **kw})
-    s = cfg.settings_for("x")
-    s["layer_index"], s["num_layers"] = layer_index, num_layers
     state = RoutingState()
-    return HMoRAAdapter(d_in, d_out, s, state, "x"), state
+    return build_adapter(cfg, d_in, d_out, "x", state, layer_index, num_layers), state
 
 
 # --- HMoRA's own behaviour ---------------------------------------------------------------------
@@ -83,11 +81,11 @@ def test_task_routing_off_equals_dense_moe_lora():
 
 
 def test_beta_init_rises_with_depth():
-    s = dataclasses.asdict(HMoRAConfig(beta_min=-3.0, beta_max=1.0))
-    betas = [initial_beta({**s, "layer_index": i, "num_layers": 5}) for i in range(5)]
+    c = HMoRAConfig(beta_min=-3.0, beta_max=1.0)
+    betas = [initial_beta(c, i, 5) for i in range(5)]
     assert betas == pytest.approx([-3.0, -2.0, -1.0, 0.0, 1.0])
-    assert initial_beta({**s, "layer_index": None, "num_layers": 5}) == pytest.approx(-1.0)
-    assert initial_beta({**s, "layer_index": 0, "num_layers": 1}) == pytest.approx(-1.0)
+    assert initial_beta(c, None, 5) == pytest.approx(-1.0)
+    assert initial_beta(c, 0, 1) == pytest.approx(-1.0)
     model = build("llama")  # two layers: layer 0 at beta_min, layer 1 at beta_max
     for name, a in adapters(model).items():
         expected = -2.0 if ".layers.0." in name else 2.0

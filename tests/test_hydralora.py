@@ -12,8 +12,8 @@ import torch
 import frame_peft as fp
 from _adapters import adapters, assert_equals_reference, inputs, perturb
 from _models import MODELS, TARGETS, batch
-from frame_peft.methods.hydralora import HydraLoRAAdapter, HydraLoRAConfig
-from frame_peft.routing import RoutingState
+from frame_peft.core.adapter import build_adapter
+from frame_peft.methods.hydralora import HydraLoRAConfig
 
 
 def make_config(targets="all-linear", **kw):
@@ -40,7 +40,7 @@ def test_one_head_equals_lora(model_name):
 
 def test_fast_path_equals_reference_loop():
     torch.manual_seed(0)
-    a = HydraLoRAAdapter(12, 20, make_config().settings_for("m"), RoutingState(), "m")
+    a = build_adapter(make_config(), 12, 20, "m")
     with torch.no_grad():
         a.B.normal_()
         a.router.weight.normal_()
@@ -87,9 +87,7 @@ def test_aux_loss_none_by_default_and_switch_trains_router():
 
 
 def test_switch_loss_excludes_padding():
-    a = HydraLoRAAdapter(
-        8, 8, make_config(aux_loss="switch").settings_for("m"), RoutingState(), "m"
-    )
+    a = build_adapter(make_config(aux_loss="switch"), 8, 8, "m")
     x = torch.randn(2, 5, 8)
     mask = torch.ones(2, 5, dtype=torch.long)
     mask[0, 2:] = 0
@@ -108,10 +106,10 @@ def test_config_roundtrip_and_defaults():
     assert fp.config_from_dict(cfg.to_dict()) == cfg
     d = HydraLoRAConfig()
     assert (d.num_experts, d.rank, d.aux_loss) == (3, 8, "none")
-    s = HydraLoRAConfig(overrides={r"layers\.0\.": {"num_experts": 1}}).settings_for(
+    s = HydraLoRAConfig(overrides={r"layers\.0\.": {"num_experts": 1}}).for_module(
         "model.layers.0.self_attn.q_proj"
     )
-    assert s["num_experts"] == 1 and s["alpha"] == 16.0
+    assert s.num_experts == 1 and s.alpha == 16.0
 
 
 @pytest.mark.parametrize(

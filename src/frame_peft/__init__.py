@@ -15,8 +15,14 @@ from __future__ import annotations
 from . import accounting, peft_bridge, transforms
 from ._version import __version__
 from .accounting import parameter_table
-from .core.adapter import AdaptedLinear, Adapter, NotMergeableError
-from .core.config import AdapterConfig, config_from_dict, method_names, register_method
+from .core.adapter import AdaptedLinear, Adapter, LayerContext, NotMergeableError, build_adapter
+from .core.config import (
+    AdapterConfig,
+    RoutingConfig,
+    config_from_dict,
+    method_names,
+    register_method,
+)
 from .core.inject import (
     adapted_layers,
     aux_loss,
@@ -54,9 +60,11 @@ __all__ = [
     "FrameConfig",
     "HMoRAConfig",
     "HydraLoRAConfig",
+    "LayerContext",
     "LoRAConfig",
     "MoELoRAConfig",
     "NotMergeableError",
+    "RoutingConfig",
     "ScanReport",
     "ScanSettings",
     "__version__",
@@ -65,6 +73,7 @@ __all__ = [
     "adapter_state_dict",
     "aux_loss",
     "aux_stats",
+    "build_adapter",
     "build_optimizer",
     "config_from_dict",
     "count_parameters",

@@ -26,7 +26,6 @@ from .core.adapter import NotMergeableError, conv1d_class
 from .core.inject import STATE_ATTR, find_injection, require_injection
 from .core.inject import aux_loss as _fp_aux_loss
 from .core.inject import count_parameters as _fp_count_parameters
-from .core.mixture import LowRankMixture
 
 PEFT_METHODS = ("fourierft", "dora", "adalora", "lora")
 
@@ -185,21 +184,6 @@ def after_optimizer_step(model: nn.Module, global_step: int) -> None:
 # -- Export to PEFT's LoRA format ----------------------------------------------------------------
 
 
-def _exact_factors(adapter: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-    """``(A (R, d_in), B (d_out, R), scaling)`` with ``ΔW = scaling · B A`` exactly, or None."""
-    from .methods.lora.layer import LoRAAdapter
-
-    if isinstance(adapter, LoRAAdapter):
-        return adapter.A.detach(), adapter.B.detach(), adapter.scale
-    if isinstance(adapter, LowRankMixture):
-        if adapter.num_experts != 1:
-            return None  # refused by the caller through delta_weight()
-        with torch.no_grad():
-            a, b = adapter.expert_factors()  # FRAME: the real rank-2r factors
-        return a[0].detach(), b[0].detach(), adapter.scale
-    return None
-
-
 def _svd_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
     k = min(rank, s.numel())
@@ -226,13 +210,15 @@ def export_peft_lora(
     differ, ``fan_in_fan_out`` for GPT-2 Conv1D) and ``adapter_model.safetensors`` with keys
     ``base_model.model.<module>.lora_A.weight`` (R, d_in) and ``...lora_B.weight`` (d_out, R).
 
-    - ``svd_rank=None``: exact export. LoRA keeps its A, B and α; a one-expert MoE-LoRA or FRAME
-      exports its effective factors (``expert_factors()``: rank r, or 2r for FRAME, whose
-      ``Re(T^H B A T)`` has rank up to 2r) with ``lora_alpha = scale · R`` so PEFT's α/R equals
-      frame-peft's α/r. Any other adapter raises (pass ``svd_rank``).
+    - ``svd_rank=None``: exact export of every adapter stored as low-rank factors
+      (``adapter.merge_factors()``): LoRA keeps its A, B and α; a one-expert MoE-LoRA, FRAME or
+      HMoRA, a one-head HydraLoRA and FlyLoRA with top_k == rank export their effective factors
+      (rank r, or 2r for FRAME, whose ``Re(T^H B A T)`` has rank up to 2r) with
+      ``lora_alpha = scale · R`` so PEFT's α/R equals frame-peft's scale. Any other adapter
+      raises (pass ``svd_rank``).
     - ``svd_rank=k``: every module's ``delta_weight()`` is truncated by SVD to rank
-      ``min(k, d_in, d_out)`` (works for any mergeable adapter: one-expert FourierMoE, HydraLoRA
-      with one head, FlyLoRA with top_k == rank, ...), with ``lora_alpha = R`` (scaling 1).
+      ``min(k, d_in, d_out)`` (works for any mergeable adapter, e.g. one-expert FourierMoE),
+      with ``lora_alpha = R`` (scaling 1).
 
     Routed mixtures (E > 1, or FlyLoRA with top_k < rank) have no single ΔW and are refused with
     :class:`frame_peft.NotMergeableError` in both modes, before anything is written.
@@ -264,13 +250,14 @@ def export_peft_lora(
                 "MoE-LoRA/FRAME, or svd_rank for other mergeable adapters)"
             ) from err
         if svd_rank is None:
-            exact = _exact_factors(adapter)
+            with torch.no_grad():
+                exact = adapter.merge_factors()
             if exact is None:
                 raise ValueError(
                     f"{name}: {type(adapter).__name__} is mergeable but not stored as low-rank "
                     "factors; pass svd_rank=k to export an SVD truncation of its ΔW"
                 )
-            a, b, scaling = exact
+            a, b, scaling = exact[0].detach(), exact[1].detach(), exact[2]
         else:
             a, b, scaling = _svd_factors(delta, svd_rank)
         dtype = adapter_dtype(adapter)

@@ -40,9 +40,6 @@ import torch
 from torch import nn
 
 from ..core.inject import require_injection
-from ..methods.fouriermoe.layer import FourierMoEAdapter
-from ..methods.frame.layer import FrameAdapter
-from ..methods.hydralora.layer import HydraLoRAAdapter
 from ..transforms import coherence_matrix
 from .modules import module_info
 
@@ -115,15 +112,15 @@ def decorrelation(
                 "orders": None,
                 "ranks": ranks,
             }
-            if isinstance(adapter, FrameAdapter):
-                entry["orders"] = [float(a) for a in adapter.orders().detach().double().cpu()]
+            domain = adapter.expert_domain()
+            if domain is not None:
+                entry["orders"] = [float(a) for a in domain.orders.double().cpu()]
             width_ok = max_coherence_width is None or adapter.in_features <= max_coherence_width
-            if coherence and width_ok and not isinstance(adapter, FourierMoEAdapter):
-                if isinstance(adapter, FrameAdapter):
+            if coherence and width_ok and isinstance(update, tuple):  # low-rank experts
+                if domain is not None:
                     entry["coherence"] = coherence_matrix(
-                        entry["orders"], adapter.in_features, adapter.transform_name,
-                        coherence_cache,
-                    )  # fmt: skip
+                        entry["orders"], adapter.in_features, domain.transform, coherence_cache
+                    )
                 else:
                     e = adapter.num_experts  # identity bases: T_e^H T_f = I, coherence 1
                     entry["coherence"] = [[1.0] * e for _ in range(e)]
@@ -142,27 +139,25 @@ def _expert_update(
     adapter: nn.Module, max_dense_elements: int
 ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor | str:
     """``(A, B)`` float64 factors, a dense (E, d_out, d_in) float64 ΔW, or why there is none."""
-    num_experts = getattr(adapter, "num_experts", None)
-    if num_experts is None:
-        return f"{type(adapter).__name__} has no experts (a single low-rank update)"
-    if num_experts < 2:
-        return f"only {num_experts} expert: nothing to compare"
-    if isinstance(adapter, HydraLoRAAdapter):  # E heads B_e on one shared A
-        a = adapter.A.detach().double().unsqueeze(0).expand(num_experts, *adapter.A.shape)
-        return a, adapter.B.detach().double()
-    if callable(getattr(adapter, "expert_factors", None)):
-        a, b = adapter.expert_factors()
+    if not adapter.has_router:
+        return f"{type(adapter).__name__} has no experts (a single update)"
+    if adapter.num_experts < 2:
+        return f"only {adapter.num_experts} expert: nothing to compare"
+    factors = adapter.expert_factors()
+    if factors is not None:
+        a, b = factors
         return a.detach().double(), b.detach().double()
-    if isinstance(adapter, FourierMoEAdapter):
-        size = adapter.out_features * adapter.in_features
-        if size > max_dense_elements:
-            return (
-                f"FourierMoE has no low-rank factors and its dense ΔW_e ({adapter.out_features}"
-                f"×{adapter.in_features} = {size} > max_dense_elements={max_dense_elements}) "
-                "is too large to build"
-            )
-        return adapter.dense_delta_weights(torch.float64).detach().cpu()
-    return f"{type(adapter).__name__} exposes no per-expert factors (expert_factors)"
+    size = adapter.out_features * adapter.in_features
+    if size > max_dense_elements:
+        return (
+            f"{type(adapter).__name__} has no low-rank factors and its dense ΔW_e "
+            f"({adapter.out_features}×{adapter.in_features} = {size} > "
+            f"max_dense_elements={max_dense_elements}) is too large to build"
+        )
+    try:
+        return adapter.expert_deltas().detach().double().cpu()
+    except NotImplementedError:
+        return f"{type(adapter).__name__} exposes no per-expert updates"
 
 
 def _from_factors(

@@ -2,7 +2,7 @@
 
 Every FRAME module has E orders ``a_e = sigmoid(θ_e)`` (learned) or a fixed buffer. The starting
 orders come from the module's settings (``FrameConfig.init_orders`` after per-module overrides,
-:func:`frame_peft.methods.frame.config.initial_orders`); the trajectory, when a run wrote one,
+:meth:`Adapter.expert_domain`); the trajectory, when a run wrote one,
 from its ``orders.jsonl`` (:mod:`frame_peft.training.logging`: one ``{"step", "orders": {module:
 [a_1 … a_E]}}`` object per logged step).
 """
@@ -17,8 +17,6 @@ from typing import Any
 from torch import nn
 
 from ..core.inject import find_injection
-from ..methods.frame.config import initial_orders
-from ..methods.frame.layer import FrameAdapter
 from .modules import group_by_kind, module_info
 
 
@@ -125,19 +123,19 @@ def order_statistics(
     inj = find_injection(model)
     if inj is None:
         return None
-    frame = {n: layer.adapter for n, layer in inj.layers.items()
-             if isinstance(layer.adapter, FrameAdapter)}  # fmt: skip
-    if not frame:
+    domains = {n: layer.adapter.expert_domain() for n, layer in inj.layers.items()}
+    domains = {n: d for n, d in domains.items() if d is not None}
+    if not domains:
         return None
     modules = {}
-    for name, adapter in frame.items():
+    for name, domain in domains.items():
         info = module_info(name)
         modules[name] = {
             "layer": info.layer,
             "kind": info.kind,
-            "orders": [float(a) for a in adapter.orders().detach().float().cpu()],
-            "initial": initial_orders(inj.config.settings_for(name)),
-            "learned": adapter.learned,
+            "orders": [float(a) for a in domain.orders.float().cpu()],
+            "initial": list(domain.initial),
+            "learned": domain.learned,
         }
     by_kind = {
         kind: {

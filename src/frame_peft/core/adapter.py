@@ -1,8 +1,9 @@
 """The adapter protocol and the layer that wraps a frozen Linear / GPT-2 Conv1D.
 
 An adapted layer computes ``y = base(x) + adapter(dropout(x), x)``: the frozen base output plus a
-scaled update. An :class:`Adapter` is a small module that says only what is special about its
-method:
+scaled update. An :class:`Adapter` is built from its module's typed config
+(:meth:`AdapterConfig.for_module`) and a :class:`LayerContext`, and says only what is special
+about its method:
 
 - ``forward(x, route_x) -> Δy``: ``x`` (..., d_in) is the (dropped-out) adapter input,
   ``route_x`` the clean input for routers; returns (..., d_out), already scaled.
@@ -16,17 +17,33 @@ method:
 - ``prepare_forward(adapters, scratch)`` (optional classmethod): work shared by all of a method's
   layers, done once per training forward of the model before any layer runs; results go into
   ``scratch`` (this forward's record) for the layers to pick up (FRAME: grouped transforms).
+
+What analysis, export and accounting may ask any adapter (so they never branch on its class):
+
+- ``has_router``: the update is routed per token (a :class:`~.routed.RoutedAdapter`).
+- ``num_experts``: E, or 1 for a single update.
+- ``expert_factors() -> (A (E, R, d_in), B (E, d_out, R)) | None``: per-expert low-rank factors
+  with ``ΔW_e = scale · B_e A_e`` (None when the experts are not low-rank products).
+- ``expert_deltas() -> (E, d_out, d_in)``: every expert's ΔW_e, scale included (float64).
+- ``merge_factors() -> (A (R, d_in), B (d_out, R), scale) | None``: ``ΔW = scale · B A``
+  exactly, when the adapter is mergeable and stored as low-rank factors (PEFT export).
+- ``expert_domain() -> ExpertDomain | None``: the fractional-Fourier orders of the experts'
+  domains, when the method has them (FRAME); spatial low-rank experts have order 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..routing import RoutingState
+
+if TYPE_CHECKING:
+    from .config import AdapterConfig
 
 
 class NotMergeableError(ValueError):
@@ -54,27 +71,53 @@ def layer_features(module: nn.Module) -> tuple[int, int]:
     return int(w.shape[0]), int(w.shape[1])
 
 
+@dataclass(frozen=True)
+class LayerContext:
+    """Where an adapter sits: its module name, the model's shared routing state, and its depth.
+
+    ``layer_index`` is the first integer component of the name (``model.layers.3.mlp`` -> 3;
+    None when there is none) and ``num_layers`` one more than the largest index among the
+    adapted modules (0 when none has one). Methods whose behaviour depends on depth (HMoRA's
+    routing mix) read them here.
+    """
+
+    name: str
+    state: RoutingState
+    layer_index: int | None = None
+    num_layers: int = 0
+
+
+@dataclass(frozen=True)
+class ExpertDomain:
+    """The domains of a module's experts: order a_e of each (E,), the transform ("chirp" or
+    "exact"), whether the orders are trained, and their initial values."""
+
+    orders: torch.Tensor
+    transform: str
+    learned: bool
+    initial: tuple[float, ...]
+
+
 class Adapter(nn.Module):
     """Base class of every adapter; see the module docstring for the protocol."""
 
     fp32_parameters: ClassVar[tuple[str, ...]] = ()
     fp32_buffers: ClassVar[tuple[str, ...]] = ()
     optional_state: ClassVar[tuple[str, ...]] = ()
+    has_router: ClassVar[bool] = False
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        settings: dict[str, Any],
-        state: RoutingState,
-        name: str,
+        self, in_features: int, out_features: int, config: AdapterConfig, context: LayerContext
     ) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        self.name = name
-        self.state = state
-        self.scale = float(settings["alpha"]) / float(settings["rank"])
+        self.config = config
+        self.context = context
+        self.name = context.name
+        self.state = context.state
+        self.scale = config.scale
+        self.num_experts = 1
 
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -89,6 +132,36 @@ class Adapter(nn.Module):
 
     def active_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-expert factors ``(A (E, R, d_in), B (E, d_out, R))``, ``ΔW_e = scale · B_e A_e``;
+        None when the experts are not stored as low-rank products."""
+        return None
+
+    def expert_deltas(self) -> torch.Tensor:
+        """Every expert's ``ΔW_e`` (E, d_out, d_in), scale included, float64."""
+        factors = self.expert_factors()
+        if factors is None:
+            raise NotImplementedError(f"{type(self).__name__} defines no per-expert update")
+        a, b = factors
+        return self.scale * (b.double() @ a.double())
+
+    def merge_factors(self) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """``(A (R, d_in), B (d_out, R), scale)`` with ``ΔW = scale · B A`` exactly, when the
+        update is one fixed low-rank product; else None."""
+        factors = self.expert_factors()
+        if factors is None or self.num_experts != 1:
+            return None
+        try:
+            self.delta_weight()
+        except NotMergeableError:
+            return None  # routed per token (FlyLoRA with top_k < rank)
+        a, b = factors
+        return a[0], b[0], self.scale
+
+    def expert_domain(self) -> ExpertDomain | None:
+        """The experts' fractional-Fourier domains, for methods that have them (FRAME)."""
+        return None
 
     def _apply(self, fn, recurse=True):  # keep routers, orders, ... in float32 under .to(bf16)
         params = {n: p.data for n, p in self.named_parameters() if n in self.fp32_parameters}
@@ -140,3 +213,22 @@ class AdaptedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"enabled={self.enabled}"
+
+
+def build_adapter(
+    config: AdapterConfig,
+    in_features: int,
+    out_features: int,
+    name: str = "adapter",
+    state: RoutingState | None = None,
+    layer_index: int | None = None,
+    num_layers: int = 0,
+) -> Adapter:
+    """One adapter of ``config``'s method for a ``(in_features -> out_features)`` layer called
+    ``name``, outside any model (tests, experiments): ``config.for_module(name)`` and a fresh
+    routing state unless one is given."""
+    from .config import adapter_class
+
+    context = LayerContext(name, state or RoutingState(), layer_index, num_layers)
+    cls = adapter_class(config.method)
+    return cls(in_features, out_features, config.for_module(name), context)

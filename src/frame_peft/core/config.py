@@ -7,9 +7,10 @@ so ``config_from_dict`` (and therefore ``load_adapter``) needs no hint beyond th
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 FORMAT_VERSION = 1
 
@@ -59,14 +60,34 @@ def _ensure_builtin_methods() -> None:
     from .. import methods  # noqa: F401  (registers the built-in methods on import)
 
 
-def _check_positive_int(name: str, value: Any) -> None:
+def check_positive_int(name: str, value: Any) -> None:
+    """``ValueError`` unless ``value`` is an int > 0 (``True`` is not an int here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (``True``/``False`` are not numbers here)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def check_number(name: str, value: Any, low: float, high: float = math.inf, *, closed_high=False):
+    """``ValueError`` unless ``value`` is a finite number in ``[low, high)`` (``[low, high]`` with
+    ``closed_high``)."""
+    ok = is_number(value) and low <= value and (value <= high if closed_high else value < high)
+    if not ok:
+        bound = "]" if closed_high else ")"
+        span = f"a number >= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}{bound}"
+        raise ValueError(f"{name} must be {span}, got {value!r}")
 
 
 @dataclass
 class AdapterConfig:
     """Fields shared by every adapter.
+
+    A config describes a whole model's adapters; :meth:`for_module` gives the typed config of one
+    module (its ``overrides`` applied, ``alpha`` resolved), which is what an adapter receives.
+    Subclasses validate in :meth:`validate` (called for the config and for every override).
 
     Args:
         target_modules: module names (a list, matched on the full name or its trailing
@@ -139,42 +160,106 @@ class AdapterConfig:
                     f"overrides[{pattern!r}] sets {bad}, which cannot be set per module for "
                     f"method {self.method!r}; allowed: {list(self.overridable())}"
                 )
-        self.validate_settings(dataclasses.asdict(self))
+        self.validate()
         for values in self.overrides.values():
-            self.validate_settings({**dataclasses.asdict(self), **values})
+            dataclasses.replace(self, overrides={}, **values)  # validates that module's config
 
     @classmethod
     def overridable(cls) -> tuple[str, ...]:
         names = {f.name for f in dataclasses.fields(cls)}
         return tuple(k for k in OVERRIDABLE if k in names)
 
-    def validate_settings(self, s: dict[str, Any]) -> None:
-        """Check one module's effective settings; subclasses extend this."""
-        _check_positive_int("rank", s["rank"])
-        if s["alpha"] is not None and (
-            isinstance(s["alpha"], bool)
-            or not isinstance(s["alpha"], int | float)
-            or s["alpha"] <= 0
-        ):
+    def validate(self) -> None:
+        """Check the fields of one module's config; subclasses extend this (call super)."""
+        check_positive_int("rank", self.rank)
+        if self.alpha is not None and (not is_number(self.alpha) or self.alpha <= 0):
             raise ValueError(
-                f"alpha must be a positive number or None (= 2·rank), got {s['alpha']!r}"
+                f"alpha must be a positive number or None (= 2·rank), got {self.alpha!r}"
             )
-        if not isinstance(s["dropout"], int | float) or not 0.0 <= s["dropout"] < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {s['dropout']!r}")
+        check_number("dropout", self.dropout, 0.0, 1.0)
 
-    def settings_for(self, module_name: str) -> dict[str, Any]:
-        """The effective settings of one module: the config with the first matching override."""
-        s = dataclasses.asdict(self)
-        for pattern, values in self.overrides.items():
+    def for_module(self, module_name: str) -> Self:
+        """The typed config of one module: the first matching override applied, ``alpha``
+        resolved (``None`` -> ``2·rank``), no ``overrides`` of its own."""
+        values: dict[str, Any] = {}
+        for pattern, override in self.overrides.items():
             if re.search(pattern, module_name):
-                s.update(values)
+                values = dict(override)
                 break
-        if s.get("alpha") is None:
-            s["alpha"] = 2.0 * s["rank"]
-        return s
+        module = dataclasses.replace(self, overrides={}, **values)
+        if module.alpha is None:
+            module.alpha = 2.0 * module.rank
+        return module
+
+    @property
+    def scale(self) -> float:
+        """``alpha / rank`` of a module config (after :meth:`for_module`)."""
+        alpha = 2.0 * self.rank if self.alpha is None else self.alpha
+        return float(alpha) / float(self.rank)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
+
+
+@dataclass
+class RoutingConfig(AdapterConfig):
+    """The routing fields every routed method shares, validated once.
+
+    Args:
+        num_experts: E experts per module (overridable per module).
+        top_k: experts per token, ``1 <= top_k <= num_experts`` (``top_k == num_experts`` is the
+            dense softmax router). Methods whose class sets ``dense_top_k`` also accept ``None``
+            (dense); methods with ``dense_only`` require ``None``.
+        aux_loss: the balance loss, one of the class's ``aux_kinds`` (``"none"`` turns it off).
+        aux_loss_coef: coefficient of the balance loss (>= 0).
+        z_loss_coef: coefficient of the router z-loss (0 = off).
+        router_jitter: multiplicative input noise U(1 − j, 1 + j) for the router in training
+            (0 = off), in [0, 1).
+    """
+
+    aux_kinds: ClassVar[tuple[str, ...]] = ("switch", "none")
+    dense_top_k: ClassVar[bool] = False  # top_k=None (dense) accepted
+    dense_only: ClassVar[bool] = False  # top_k must be None (HydraLoRA's router is dense)
+
+    num_experts: int = 8
+    top_k: int | None = 2
+    aux_loss: str | None = "switch"
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.0
+    router_jitter: float = 0.0
+
+    @classmethod
+    def overridable(cls) -> tuple[str, ...]:
+        fields = super().overridable()
+        return tuple(f for f in fields if f != "top_k") if cls.dense_only else fields
+
+    def balance_kind(self) -> str:
+        """The balance loss this module uses (methods may resolve ``aux_loss=None``)."""
+        return self.aux_loss
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive_int("num_experts", self.num_experts)
+        if self.dense_only:
+            if self.top_k is not None:
+                raise ValueError(
+                    f"{self.method} routes densely (every expert on every token); top_k must be "
+                    f"None, got {self.top_k!r}"
+                )
+        elif self.top_k is not None or not self.dense_top_k:
+            check_positive_int("top_k", self.top_k)
+            if self.top_k > self.num_experts:
+                dense = ", or use top_k=None for dense routing" if self.dense_top_k else ""
+                raise ValueError(
+                    f"top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts}); lower "
+                    f"top_k or add experts{dense}"
+                )
+        kind = self.balance_kind()
+        if kind not in self.aux_kinds:
+            raise ValueError(f"aux_loss must be one of {list(self.aux_kinds)}, got {kind!r}")
+        check_number("aux_loss_coef", self.aux_loss_coef, 0.0)
+        check_number("z_loss_coef", self.z_loss_coef, 0.0)
+        check_number("router_jitter", self.router_jitter, 0.0, 1.0)
 
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..routing import RoutingState
-from .adapter import AdaptedLinear, Adapter, is_adaptable, layer_features
+from .adapter import AdaptedLinear, Adapter, LayerContext, is_adaptable, layer_features
 from .config import AdapterConfig, adapter_class
 
 STATE_ATTR = "_frame_peft"
@@ -92,8 +92,9 @@ def match_targets(model: nn.Module, target_modules: list[str] | str) -> list[tup
 def layer_indices(names: list[str]) -> dict[str, int | None]:
     """Depth of each module: the first integer path component (``model.layers.3.mlp`` -> 3).
 
-    Adapters whose behaviour depends on depth (HMoRA's routing mix) read it from their settings
-    as ``layer_index`` (None when the name has no integer component) and ``num_layers``.
+    Adapters whose behaviour depends on depth (HMoRA's routing mix) read it from their
+    :class:`~.adapter.LayerContext` (``layer_index`` None when the name has no integer
+    component; ``num_layers``).
     """
     out = {}
     for name in names:
@@ -126,12 +127,12 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
     depth = layer_indices([n for n, _ in targets])
     num_layers = max((d for d in depth.values() if d is not None), default=-1) + 1
     for name, module in targets:  # build everything first: errors leave the model untouched
-        settings = config.settings_for(name)
-        settings["layer_index"], settings["num_layers"] = depth[name], num_layers
+        module_config = config.for_module(name)
+        context = LayerContext(name, state, depth[name], num_layers)
         d_in, d_out = layer_features(module)
-        adapter: Adapter = cls(d_in, d_out, settings, state, name)
+        adapter: Adapter = cls(d_in, d_out, module_config, context)
         adapter.to(device=module.weight.device)
-        built[name] = AdaptedLinear(module, adapter, settings["dropout"])
+        built[name] = AdaptedLinear(module, adapter, module_config.dropout)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -241,9 +242,9 @@ def orders(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{module_name: tensor[E]}``: the current fractional orders of every FRAME module."""
     out = {}
     for name, layer in require_injection(model).layers.items():
-        get = getattr(layer.adapter, "orders", None)
-        if callable(get):
-            out[name] = get().detach().clone()
+        domain = layer.adapter.expert_domain()
+        if domain is not None:
+            out[name] = domain.orders.detach().clone()
     return out
 
 

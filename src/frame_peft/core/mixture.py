@@ -17,13 +17,13 @@ that tests compare against.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..routing import Router, Routing, RoutingState, balance_and_z_losses, switch_loss
-from .adapter import Adapter, NotMergeableError
+from .adapter import LayerContext, NotMergeableError
+from .config import RoutingConfig
+from .routed import RoutedAdapter
 
 
 def packed_mixture(
@@ -64,31 +64,32 @@ def init_lora_factors(a: torch.Tensor, b: torch.Tensor) -> None:
         b.zero_()
 
 
-class LowRankMixture(Adapter):
-    """E low-rank experts behind a top-k router, with explicit auxiliary losses."""
+class LowRankMixture(RoutedAdapter):
+    """E low-rank experts behind a top-k router, with explicit auxiliary losses.
+
+    Parameters ``A`` (E, r, d_in) Kaiming-uniform, ``B`` (E, d_out, r) zero (a method may store
+    them in another layout: :meth:`make_factors`, :meth:`expert_factors`) and ``router``.
+    """
 
     fp32_parameters = ("router.weight",)
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        settings: dict[str, Any],
-        state: RoutingState,
-        name: str,
+        self, in_features: int, out_features: int, config: RoutingConfig, context: LayerContext
     ) -> None:
-        super().__init__(in_features, out_features, settings, state, name)
-        e, r = settings["num_experts"], settings["rank"]
-        self.num_experts, self.rank, self.top_k = e, r, settings["top_k"]
-        self.A = nn.Parameter(torch.empty(e, r, in_features))
-        self.B = nn.Parameter(torch.empty(e, out_features, r))
-        init_lora_factors(self.A, self.B)
-        self.router = Router(in_features, e, self.top_k, settings.get("router_jitter", 0.0))
-        self.aux_kind = settings.get("aux_loss", "switch")
-        self.aux_coef = float(settings.get("aux_loss_coef", 0.01))
-        self.z_coef = float(settings.get("z_loss_coef", 0.0))
+        super().__init__(in_features, out_features, config, context)
+        self.rank = config.rank
+        self.A, self.B = self.make_factors()
+        self.router = self.make_router()
 
     # What a method changes -------------------------------------------------------------------
+    def make_factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """The expert parameters: stacked ``A`` (E, r, d_in) and ``B`` (E, d_out, r)."""
+        e, r = self.num_experts, self.rank
+        a = nn.Parameter(torch.empty(e, r, self.in_features))
+        b = nn.Parameter(torch.empty(e, self.out_features, r))
+        init_lora_factors(a, b)
+        return a, b
+
     def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Effective ``(A, B)``: (E, R, d_in) and (E, d_out, R). Plain MoE-LoRA: the parameters."""
         return self.A, self.B
@@ -100,25 +101,7 @@ class LowRankMixture(Adapter):
         a, b = self.expert_factors()
         return a, b, None
 
-    def balance_loss(self, routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:
-        return switch_loss(routing, mask)
-
     # Shared machinery ------------------------------------------------------------------------
-    def aux_losses(self, routing: Routing, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        balance = None if self.aux_kind == "none" else self.balance_loss
-        return balance_and_z_losses(routing, mask, self.aux_coef, self.z_coef, balance)
-
-    def route(self, route_x: torch.Tensor) -> Routing:
-        """Route (..., d_in) tokens; record this forward's aux losses with the shared state."""
-        lead = route_x.shape[:-1]
-        routing = self.router(route_x.reshape(-1, self.in_features))
-        mask = self.state.token_mask(lead)
-        self.state.record_losses(
-            self.name, self.aux_losses(routing, mask), mask, len(routing.probs)
-        )
-        self.state.observe(self.name, routing, lead)
-        return routing
-
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         routing = self.route(route_x)
@@ -138,7 +121,8 @@ class LowRankMixture(Adapter):
     def reference_forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         """Plain dense-gated path: every expert's ``B_e A_e x`` times its gate, summed (tests)."""
         lead = x.shape[:-1]
-        gates = self.router(route_x.reshape(-1, self.in_features)).gates
+        flat = route_x.reshape(-1, self.in_features)
+        gates = self.routing(flat, lead, self.state.token_mask(lead)).gates
         a, b = self.expert_factors()
         xf = x.reshape(-1, self.in_features)
         out = sum(

@@ -32,6 +32,7 @@ teacher's 2-D spectrum, in the plain Frobenius norm: an approximation of the met
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -221,15 +222,23 @@ def adapter_config(method: str, budget: Budget, **frame_kwargs: object) -> Adapt
         return FrameConfig(**common, **mix, **{**FRAME_METHODS[method], **frame_kwargs})
     if frame_kwargs:
         raise ValueError(f"FRAME options {sorted(frame_kwargs)} given for method {method!r}")
-    if method == "moe-lora":
-        return MoELoRAConfig(**common, **mix)
-    if method == "moe-lora-2r":
-        return MoELoRAConfig(**common, **{**mix, "rank": 2 * budget.expert_rank})
-    if method == "lora":
-        return LoRAConfig(**common, rank=budget.top_k * budget.expert_rank)
-    if method == "fouriermoe":
-        return FourierMoEConfig(**common, **mix)
-    raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if method not in CONTROL_CONFIGS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    config_cls, fields = CONTROL_CONFIGS[method]
+    return config_cls(**common, **fields(budget))
+
+
+#: The controls: config class and the fields each takes from the budget.
+CONTROL_CONFIGS: dict[str, tuple[type[AdapterConfig], Callable[[Budget], dict[str, int]]]] = {
+    "moe-lora": (MoELoRAConfig, lambda b: _mixture_fields(b, b.expert_rank)),
+    "moe-lora-2r": (MoELoRAConfig, lambda b: _mixture_fields(b, 2 * b.expert_rank)),
+    "lora": (LoRAConfig, lambda b: {"rank": b.top_k * b.expert_rank}),
+    "fouriermoe": (FourierMoEConfig, lambda b: _mixture_fields(b, b.expert_rank)),
+}
+
+
+def _mixture_fields(budget: Budget, rank: int) -> dict[str, int]:
+    return {"num_experts": budget.num_experts, "top_k": budget.top_k, "rank": rank}
 
 
 def relative_errors(pred: torch.Tensor, target: torch.Tensor) -> list[float]:

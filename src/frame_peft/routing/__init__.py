@@ -8,7 +8,7 @@ from .losses import (
     switch_loss,
     z_loss,
 )
-from .router import Router, Routing, select_experts
+from .router import Router, Routing, select_experts, top_k_gates
 
 __all__ = [
     "AuxTerm",
@@ -22,5 +22,6 @@ __all__ = [
     "routing_context",
     "select_experts",
     "switch_loss",
+    "top_k_gates",
     "z_loss",
 ]

@@ -34,16 +34,22 @@ class Routing:
     gates: torch.Tensor
 
 
+def top_k_gates(probs: torch.Tensor, top_k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices (T, k), gates (T, E))``: the k most probable experts of each row of ``probs``
+    (T, E), sorted, and their probabilities renormalised to sum to 1 (zero elsewhere). Dense
+    (``top_k`` None or >= E): every expert, ``gates = probs``."""
+    num_experts = probs.shape[-1]
+    if top_k is None or top_k >= num_experts:
+        return torch.arange(num_experts, device=probs.device).expand(probs.shape), probs
+    top_p, indices = probs.topk(top_k, dim=-1)
+    weights = top_p / top_p.sum(dim=-1, keepdim=True)
+    return indices, torch.zeros_like(probs).scatter(-1, indices, weights)
+
+
 def select_experts(logits: torch.Tensor, top_k: int | None) -> Routing:
     """Softmax then top-k with renormalisation (dense softmax when ``top_k`` is None or >= E)."""
     probs = torch.softmax(logits.float(), dim=-1)
-    num_experts = probs.shape[-1]
-    if top_k is None or top_k >= num_experts:
-        indices = torch.arange(num_experts, device=probs.device).expand(probs.shape)
-        return Routing(logits, probs, indices, probs)
-    top_p, indices = probs.topk(top_k, dim=-1)
-    weights = top_p / top_p.sum(dim=-1, keepdim=True)
-    gates = torch.zeros_like(probs).scatter(-1, indices, weights)
+    indices, gates = top_k_gates(probs, top_k)
     return Routing(logits, probs, indices, gates)
 
 

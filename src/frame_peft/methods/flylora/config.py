@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ...core.config import AdapterConfig, _check_positive_int
+from ...core.config import AdapterConfig, check_positive_int, is_number
 
 
 @dataclass
@@ -19,8 +19,9 @@ class FlyLoRAConfig(AdapterConfig):
         top_k: k ranks kept per token, ``1 <= top_k <= rank`` (overridable per module).
             ``top_k == rank`` keeps every rank: a LoRA with a fixed sparse A, mergeable.
         bias_update_rate: u > 0 in ``b ← b + u · sign(mean(c) − c)`` after each training forward.
-        seed: seeds the frozen A; each module's generator is seeded by ``seed`` and a stable hash
-            of its name, so modules differ and a rebuild is reproducible. A is also saved.
+        seed: seeds the frozen A; each module's generator is seeded by
+            ``module_seed(seed, name)`` (:mod:`frame_peft.core.seeds`), so modules differ and a
+            rebuild is reproducible. A is also saved.
     """
 
     method: ClassVar[str] = "flylora"
@@ -30,17 +31,17 @@ class FlyLoRAConfig(AdapterConfig):
     bias_update_rate: float = 1e-3
     seed: int = 0
 
-    def validate_settings(self, s: dict[str, Any]) -> None:
-        super().validate_settings(s)
-        _check_positive_int("top_k", s["top_k"])
-        if s["top_k"] > s["rank"]:
+    def validate(self) -> None:
+        super().validate()
+        check_positive_int("top_k", self.top_k)
+        if self.top_k > self.rank:
             raise ValueError(
-                f"top_k ({s['top_k']}) cannot exceed rank ({s['rank']}): FlyLoRA keeps k of "
+                f"top_k ({self.top_k}) cannot exceed rank ({self.rank}): FlyLoRA keeps k of "
                 "the r ranks per token; lower top_k or raise rank"
             )
-        u = s["bias_update_rate"]
-        if isinstance(u, bool) or not isinstance(u, int | float) or not 0 < u < float("inf"):
+        u = self.bias_update_rate
+        if not is_number(u) or not u > 0:
             raise ValueError(f"bias_update_rate must be a finite number > 0, got {u!r}")
-        seed = s["seed"]
+        seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")

@@ -31,21 +31,13 @@ FlyLoRA is a LoRA with this fixed A: ``ΔW = (α/r) B A``, mergeable; otherwise 
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.adapter import Adapter, NotMergeableError
-from ...routing import RoutingState
-
-
-def module_seed(seed: int, name: str) -> int:
-    """A stable 63-bit seed from the config seed and the module name (not Python's ``hash``)."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from ...core.adapter import Adapter, LayerContext, NotMergeableError
+from ...core.seeds import module_seed
+from .config import FlyLoRAConfig
 
 
 def sparse_projection(
@@ -62,19 +54,14 @@ class FlyLoRAAdapter(Adapter):
     fp32_buffers = ("A", "rank_bias")
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        settings: dict[str, Any],
-        state: RoutingState,
-        name: str,
+        self, in_features: int, out_features: int, config: FlyLoRAConfig, context: LayerContext
     ) -> None:
-        super().__init__(in_features, out_features, settings, state, name)
-        r, k = settings["rank"], settings["top_k"]
+        super().__init__(in_features, out_features, config, context)
+        r, k = config.rank, config.top_k
         self.rank, self.top_k = r, k
-        self.bias_update_rate = float(settings["bias_update_rate"])
+        self.bias_update_rate = float(config.bias_update_rate)
         self.nonzeros = min(in_features, max(1, round(in_features * k / r)))
-        g = torch.Generator().manual_seed(module_seed(settings["seed"], name))
+        g = torch.Generator().manual_seed(module_seed(config.seed, context.name))
         self.register_buffer("A", sparse_projection(r, in_features, self.nonzeros, g))
         self.register_buffer("rank_bias", torch.zeros(r))
         self.B = nn.Parameter(torch.zeros(out_features, r))
@@ -105,6 +92,10 @@ class FlyLoRAAdapter(Adapter):
                 self.update_bias(mask, lead)
             y = y * mask.reshape(y.shape)
         return self.scale * F.linear(y, self.B.to(x.dtype))
+
+    def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The update as one expert (with every rank kept): (1, r, d_in), (1, d_out, r)."""
+        return self.A.unsqueeze(0), self.B.unsqueeze(0)
 
     def delta_weight(self) -> torch.Tensor:
         if self.top_k != self.rank:

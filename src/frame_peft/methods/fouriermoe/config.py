@@ -13,9 +13,9 @@ MoE-LoRA r = 4 up to the E² term. Capped at the ring size for tiny layers (see 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ...core.config import _check_positive_int
+from ...core.config import check_positive_int, is_number
 from ..moe_lora.config import MoELoRAConfig
 
 
@@ -39,7 +39,8 @@ class FourierMoEConfig(MoELoRAConfig):
             the smallest ring. An explicit n larger than the smallest ring of a module raises
             when the adapter is built (``inject`` then leaves the model untouched).
         seed: base seed of the frequency positions; each module draws from
-            ``seed·1_000_003 + crc32(module name)``. Positions are also saved as a buffer.
+            ``module_seed(seed, module name)`` (:mod:`frame_peft.core.seeds`). Positions are
+            also saved as a buffer.
         feature_eps: ε of the router features ``log(ε + band energy)`` (> 0).
     """
 
@@ -54,17 +55,16 @@ class FourierMoEConfig(MoELoRAConfig):
     def overridable(cls) -> tuple[str, ...]:
         return (*super().overridable(), "num_coefficients")
 
-    def validate_settings(self, s: dict[str, Any]) -> None:
-        super().validate_settings(s)
-        if s["alpha"] is None:
+    def validate(self) -> None:
+        super().validate()
+        if self.alpha is None:
             raise ValueError(
                 "fouriermoe needs an explicit alpha (the scale of α·IDFT2(S), default 150.0); "
                 "None (= 2·rank for LoRA-style methods) is not meaningful here"
             )
-        if s["num_coefficients"] is not None:
-            _check_positive_int("num_coefficients", s["num_coefficients"])
-        if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or s["seed"] < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {s['seed']!r}")
-        eps = s["feature_eps"]
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
-            raise ValueError(f"feature_eps must be a number > 0, got {eps!r}")
+        if self.num_coefficients is not None:
+            check_positive_int("num_coefficients", self.num_coefficients)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not is_number(self.feature_eps) or not self.feature_eps > 0:
+            raise ValueError(f"feature_eps must be a number > 0, got {self.feature_eps!r}")

@@ -19,9 +19,10 @@ rows u = 0 and u = d_out/2 (even d_out) only ``0 < v < d_in/2``. The four self-c
 (DC, Nyquist; they would need real coefficients) are **excluded** (choice), so |H| =
 (d_out·d_in − #self-conjugate)/2. H is sorted by ρ (stable, ties by enumeration order) and cut into
 E rings of equal count (sizes differ by at most one); expert e draws n distinct positions from ring
-e with a generator seeded by ``seed·1_000_003 + crc32(name)``. The positions (E, n, 2) (centered
-labels u, v) are a persistent buffer, so a reload uses exactly the saved positions. Expert e owns
-complex coefficients ``c_{e,j} = coef_real[e,j] + i·coef_imag[e,j]`` (zero at init), and::
+e with a generator seeded by ``module_seed(seed, name)`` (:mod:`frame_peft.core.seeds`). The
+positions (E, n, 2) (centered labels u, v) are a persistent buffer, so a reload uses exactly the
+saved positions. Expert e owns complex coefficients ``c_{e,j} = coef_real[e,j] +
+i·coef_imag[e,j]`` (zero at init), and::
 
     S_e = Σ_j c_{e,j} δ_{(u_j, v_j)} + conj(c_{e,j}) δ_{(−u_j, −v_j)}      (Hermitian)
     ΔW_e = α · IDFT2(S_e) = (2α / (d_out d_in)) Σ_j Re(c_{e,j} e^{2πi(u_j p/d_out + v_j q/d_in)})
@@ -68,22 +69,16 @@ from __future__ import annotations
 
 import functools
 import math
-import zlib
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.adapter import Adapter, NotMergeableError
-from ...routing import (
-    Router,
-    Routing,
-    RoutingState,
-    balance_and_z_losses,
-    select_experts,
-    switch_loss,
-)
+from ...core.adapter import LayerContext, NotMergeableError
+from ...core.routed import RoutedAdapter
+from ...core.seeds import module_seed
+from ...routing import Routing, select_experts
+from .config import FourierMoEConfig
 from .spectral_mix import Dispatch, SpectralPattern, build_pattern, spectral_mix
 
 
@@ -133,11 +128,6 @@ def draw_positions(d_out: int, d_in: int, num_experts: int, n: int, seed: int) -
     return torch.stack(out)
 
 
-def module_seed(seed: int, name: str) -> int:
-    """Stable per-module seed: ``seed·1_000_003 + crc32(name)`` (never Python's salted hash)."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**63 - 1)
-
-
 def band_of_bins(d_in: int, num_bands: int) -> torch.Tensor:
     """(⌊d_in/2⌋+1,) band index of each rfft bin: E contiguous bands of equal count."""
     bins = d_in // 2 + 1
@@ -163,7 +153,7 @@ def band_energies(x: torch.Tensor, num_bands: int) -> torch.Tensor:
     return out.index_add_(-1, band, power * mult)
 
 
-class FourierMoEAdapter(Adapter):
+class FourierMoEAdapter(RoutedAdapter):
     """E sparse spectral experts, frequency-adaptive top-k router, explicit aux losses.
 
     Parameters: ``coef_real``, ``coef_imag`` (E, n); ``router.weight`` (E, d_in) = W_x;
@@ -176,15 +166,13 @@ class FourierMoEAdapter(Adapter):
         self,
         in_features: int,
         out_features: int,
-        settings: dict[str, Any],
-        state: RoutingState,
-        name: str,
+        config: FourierMoEConfig,
+        context: LayerContext,
     ) -> None:
-        super().__init__(in_features, out_features, settings, state, name)
-        e = settings["num_experts"]
-        self.num_experts, self.top_k = e, settings["top_k"]
-        self.alpha = float(settings["alpha"])
-        self.eps = float(settings["feature_eps"])
+        super().__init__(in_features, out_features, config, context)
+        e, name = self.num_experts, context.name
+        self.alpha = float(config.alpha)
+        self.eps = float(config.feature_eps)
         ring = half_plane_size(out_features, in_features) // e
         if ring < 1:
             raise ValueError(
@@ -192,9 +180,9 @@ class FourierMoEAdapter(Adapter):
                 f"{half_plane_size(out_features, in_features)} half-plane frequencies, fewer "
                 f"than num_experts={e}; use fewer experts for this module (overrides)"
             )
-        n = settings["num_coefficients"]
+        n = config.num_coefficients
         if n is None:
-            n = min(math.ceil(settings["rank"] * (in_features + out_features) / 2), ring)
+            n = min(math.ceil(config.rank * (in_features + out_features) / 2), ring)
         elif n > ring:
             raise ValueError(
                 f"{name}: num_coefficients={n} exceeds the {ring} frequencies of each of the "
@@ -202,18 +190,15 @@ class FourierMoEAdapter(Adapter):
                 "or num_experts for this module (overrides), or leave it None (auto)"
             )
         self.num_coefficients = n
-        seed = module_seed(int(settings["seed"]), name)
+        seed = module_seed(int(config.seed), name)
         self.register_buffer("positions", draw_positions(out_features, in_features, e, n, seed))
         self._pattern_cache: tuple[torch.Tensor, int, SpectralPattern] | None = None
         self.coef_real = nn.Parameter(torch.zeros(e, n))
         self.coef_imag = nn.Parameter(torch.zeros(e, n))
-        self.router = Router(in_features, e, self.top_k, settings.get("router_jitter", 0.0))
+        self.router = self.make_router()
         self.freq_router = nn.Linear(e, e, bias=False)
         with torch.no_grad():
             self.freq_router.weight.normal_(0.0, 0.02)
-        self.aux_kind = settings.get("aux_loss", "switch")
-        self.aux_coef = float(settings.get("aux_loss_coef", 0.01))
-        self.z_coef = float(settings.get("z_loss_coef", 0.0))
 
     # Routing ---------------------------------------------------------------------------------
     def router_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,18 +211,11 @@ class FourierMoEAdapter(Adapter):
             self.router_features(x), self.freq_router.weight.float()
         )
 
-    def route(self, route_x: torch.Tensor) -> Routing:
-        """Route (..., d_in) tokens; record this forward's aux losses with the shared state."""
-        lead = route_x.shape[:-1]
-        routing = select_experts(
-            self.router_logits(route_x.reshape(-1, self.in_features)), self.top_k
-        )
-        mask = self.state.token_mask(lead)
-        balance = None if self.aux_kind == "none" else switch_loss
-        losses = balance_and_z_losses(routing, mask, self.aux_coef, self.z_coef, balance)
-        self.state.record_losses(self.name, losses, mask, len(routing.probs))
-        self.state.observe(self.name, routing, lead)
-        return routing
+    def routing(
+        self, route_x: torch.Tensor, lead: torch.Size, mask: torch.Tensor | None
+    ) -> Routing:
+        """Top-k of ``softmax(W_x x + W_f φ(x))`` for flat tokens (T, d_in)."""
+        return select_experts(self.router_logits(route_x), self.top_k)
 
     # Spectral experts ------------------------------------------------------------------------
     def spectral_pattern(self) -> SpectralPattern:
@@ -308,6 +286,10 @@ class FourierMoEAdapter(Adapter):
         per_expert = torch.einsum("eoi,ti->teo", dw, x.reshape(-1, self.in_features).double())
         out = (gates.double().unsqueeze(-1) * per_expert).sum(1)
         return out.reshape(*lead, self.out_features)
+
+    def expert_deltas(self) -> torch.Tensor:
+        """``α · IDFT2(S_e)`` for every expert, (E, d_out, d_in) float64 (dense: small layers)."""
+        return self.dense_delta_weights(torch.float64)
 
     def delta_weight(self) -> torch.Tensor:
         if self.num_experts != 1:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ...core.config import _check_positive_int
+from ...core.config import check_positive_int
 from ..moe_lora.config import MoELoRAConfig
 
 
@@ -66,16 +66,22 @@ class FrameConfig(MoELoRAConfig):
     scan_grid: float = 1.0
     scan_margin: float = 0.05
 
-    def validate_settings(self, s: dict[str, Any]) -> None:
-        super().validate_settings({**s, "aux_loss": balance_kind(s)})
-        if s["transform"] not in ("chirp", "exact"):
-            raise ValueError(f"transform must be 'chirp' or 'exact', got {s['transform']!r}")
-        if s["order_mode"] not in ("learned", "fixed"):
-            raise ValueError(f"order_mode must be 'learned' or 'fixed', got {s['order_mode']!r}")
-        _validate_scan(s)
-        orders = initial_orders(s)
-        if s["order_mode"] == "learned":
-            scan = s["order_search"] == "scan"
+    def balance_kind(self) -> str:
+        """``aux_loss=None`` resolves to ``"switch"`` with the scan, ``"grouped"`` without."""
+        if self.aux_loss is not None:
+            return self.aux_loss
+        return "switch" if self.order_search == "scan" else "grouped"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.transform not in ("chirp", "exact"):
+            raise ValueError(f"transform must be 'chirp' or 'exact', got {self.transform!r}")
+        if self.order_mode not in ("learned", "fixed"):
+            raise ValueError(f"order_mode must be 'learned' or 'fixed', got {self.order_mode!r}")
+        _validate_scan(self)
+        orders = initial_orders(self)
+        if self.order_mode == "learned":
+            scan = self.order_search == "scan"
             ok = all(0.0 <= a <= 1.0 for a in orders) if scan else all(0 < a < 1 for a in orders)
             if not ok:
                 raise ValueError(
@@ -84,28 +90,23 @@ class FrameConfig(MoELoRAConfig):
                     "order_mode='fixed' for orders at 0, 1 or outside, or order_search='scan' "
                     "(which holds orders at 0 or 1 until a scan moves them)"
                 )
-        g = s["num_order_groups"]
-        if g is not None and (not isinstance(g, int) or not 1 <= g <= s["num_experts"]):
+        g = self.num_order_groups
+        if g is not None and (
+            isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= self.num_experts
+        ):
             raise ValueError(
                 "num_order_groups must be None or an integer in "
-                f"[1, num_experts={s['num_experts']}], got {g!r}"
+                f"[1, num_experts={self.num_experts}], got {g!r}"
             )
 
 
-def balance_kind(s: dict[str, Any]) -> str:
-    """The balance loss a module with settings ``s`` uses (``aux_loss=None`` resolved)."""
-    if s["aux_loss"] is not None:
-        return s["aux_loss"]
-    return "switch" if s.get("order_search") == "scan" else "grouped"
-
-
-def _validate_scan(s: dict[str, Any]) -> None:
-    if s["order_search"] not in ("gradient", "scan"):
+def _validate_scan(c: FrameConfig) -> None:
+    if c.order_search not in ("gradient", "scan"):
         raise ValueError(
             f"order_search must be 'gradient' (order optimizer only) or 'scan' (the order scan), "
-            f"got {s['order_search']!r}"
+            f"got {c.order_search!r}"
         )
-    at = s["scan_at"]
+    at = c.scan_at
     if (
         not isinstance(at, list | tuple)
         or not at
@@ -117,18 +118,18 @@ def _validate_scan(s: dict[str, Any]) -> None:
             f"e.g. [0.1, 0.25, 0.4]; got {at!r}"
         )
     for key in ("scan_batches", "scan_tokens", "scan_sketch_rank"):
-        _check_positive_int(key, s[key])
-    if s["scan_basis"] not in ("shared", "expert"):
-        raise ValueError(f"scan_basis must be 'shared' or 'expert', got {s['scan_basis']!r}")
-    if not isinstance(s["scan_grid"], int | float) or not s["scan_grid"] >= 0.5:
-        raise ValueError(f"scan_grid (candidates per 1/d) must be >= 0.5, got {s['scan_grid']!r}")
-    if not isinstance(s["scan_margin"], int | float) or s["scan_margin"] < 0:
-        raise ValueError(f"scan_margin must be a number >= 0, got {s['scan_margin']!r}")
+        check_positive_int(key, getattr(c, key))
+    if c.scan_basis not in ("shared", "expert"):
+        raise ValueError(f"scan_basis must be 'shared' or 'expert', got {c.scan_basis!r}")
+    if not isinstance(c.scan_grid, int | float) or not c.scan_grid >= 0.5:
+        raise ValueError(f"scan_grid (candidates per 1/d) must be >= 0.5, got {c.scan_grid!r}")
+    if not isinstance(c.scan_margin, int | float) or c.scan_margin < 0:
+        raise ValueError(f"scan_margin must be a number >= 0, got {c.scan_margin!r}")
 
 
-def initial_orders(s: dict[str, Any]) -> list[float]:
-    """The E starting orders a module with settings ``s`` gets."""
-    e, init = s["num_experts"], s["init_orders"]
+def initial_orders(c: FrameConfig) -> list[float]:
+    """The E starting orders a module with config ``c`` (after :meth:`for_module`) gets."""
+    e, init = c.num_experts, c.init_orders
     if init is None or init == "spread":
         return [(i + 0.5) / e for i in range(e)]
     if init == "zeros":

@@ -37,10 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...core.adapter import ExpertDomain, LayerContext
 from ...core.mixture import LowRankMixture
-from ...routing import Routing, RoutingState, grouped_switch_loss, switch_loss
+from ...routing import Routing, grouped_switch_loss, switch_loss
 from ...transforms import dfrft_matrix, frft, get_transform
-from .config import balance_kind, initial_orders
+from .config import FrameConfig, initial_orders
 from .factors import grouped_factors
 
 _SCRATCH_KEY = "frame_factors"
@@ -52,16 +53,11 @@ class FrameAdapter(LowRankMixture):
     optional_state = ("order_pins",)  # adapters saved before the order scan have none
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        settings: dict[str, Any],
-        state: RoutingState,
-        name: str,
+        self, in_features: int, out_features: int, config: FrameConfig, context: LayerContext
     ) -> None:
-        super().__init__(in_features, out_features, settings, state, name)
-        self.aux_kind = balance_kind(settings)
-        self.transform_name = settings["transform"]
+        super().__init__(in_features, out_features, config, context)
+        name = context.name
+        self.transform_name = config.transform
         if self.transform_name == "chirp" and (in_features % 2 or out_features % 2):
             raise ValueError(
                 f"{name}: transform='chirp' needs even widths (the discrete chirp identity fails "
@@ -69,8 +65,9 @@ class FrameAdapter(LowRankMixture):
                 "transform='exact' for this module (e.g. through `overrides`)"
             )
         self._forward_t, self._adjoint_t = get_transform(self.transform_name)
-        orders = torch.tensor(initial_orders(settings), dtype=torch.float32)
-        self.learned = settings["order_mode"] == "learned"
+        self.initial = tuple(initial_orders(config))
+        orders = torch.tensor(self.initial, dtype=torch.float32)
+        self.learned = config.order_mode == "learned"
         if self.learned:
             eps = 1e-6  # orders at exactly 0 or 1 (allowed with the scan) are held there
             self.order_logits = nn.Parameter(
@@ -85,7 +82,7 @@ class FrameAdapter(LowRankMixture):
             self.register_buffer("fixed_orders", orders)
         # Experts held at order 0 skip the transform (False forces it: tests of the a = 0 path).
         self.spatial_shortcut = True
-        self.num_groups = settings["num_order_groups"] or max(1, self.num_experts // 2)
+        self.num_groups = config.num_order_groups or max(1, self.num_experts // 2)
         self._factor_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._spatial: tuple[int, ...] = ()
         self._pinned: tuple[int, ...] = ()
@@ -102,6 +99,9 @@ class FrameAdapter(LowRankMixture):
         if type(free) is not torch.Tensor:  # an FSDP2 DTensor outside the forward
             free = free.full_tensor()
         return torch.where(self.order_pins < 0, free, self.order_pins)
+
+    def expert_domain(self) -> ExpertDomain:
+        return ExpertDomain(self.orders().detach(), self.transform_name, self.learned, self.initial)
 
     def _held_orders(self) -> torch.Tensor:
         """The buffer that holds orders in place: pins (learned mode) or the fixed orders."""

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ...core.config import AdapterConfig, _check_positive_int
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+from ...core.config import RoutingConfig, check_positive_int, is_number
 
 
 @dataclass
-class HMoRAConfig(AdapterConfig):
+class HMoRAConfig(RoutingConfig):
     """HMoRA (METHODS.md §4). Defaults: E = 8, dense (``top_k=None``), r = 4, α = 2r, s = α/√r.
 
     Per module at depth l (of L), for token t of a sequence::
@@ -41,60 +36,53 @@ class HMoRAConfig(AdapterConfig):
             ``fp.routing_context(task_ids=...)`` may pass; with ids given, z is a learned
             embedding of the id, without them the encoder is used.
         beta_min, beta_max: initial β of the first and last layer (σ(−2) ≈ 0.12, σ(2) ≈ 0.88).
+        aux_loss: ``"entropy"`` (default) or ``"none"``.
         aux_loss_coef: coefficient of the entropy loss ``−H(mean_t w_t) + mean_t H(w_t)``
             (0.005; 0 = off).
+        z_loss_coef, router_jitter: of the token router, as for every routed method (0 = off).
     """
 
     method: ClassVar[str] = "hmora"
+    aux_kinds: ClassVar[tuple[str, ...]] = ("entropy", "none")
+    dense_top_k: ClassVar[bool] = True
 
     rank: int = 4
-    num_experts: int = 8
     top_k: int | None = None
+    aux_loss: str | None = "entropy"
+    aux_loss_coef: float = 0.005
     task_routing: bool = True
     task_dim: int = 32
     num_tasks: int | None = None
     beta_min: float = -2.0
     beta_max: float = 2.0
-    aux_loss_coef: float = 0.005
 
-    def validate_settings(self, s: dict[str, Any]) -> None:
-        super().validate_settings(s)
-        _check_positive_int("num_experts", s["num_experts"])
-        if s["top_k"] is not None:
-            _check_positive_int("top_k", s["top_k"])
-            if s["top_k"] > s["num_experts"]:
-                raise ValueError(
-                    f"top_k ({s['top_k']}) cannot exceed num_experts ({s['num_experts']}); lower "
-                    "top_k, add experts, or use top_k=None for dense routing"
-                )
-        if not isinstance(s["task_routing"], bool):
-            raise ValueError(f"task_routing must be True or False, got {s['task_routing']!r}")
-        _check_positive_int("task_dim", s["task_dim"])
-        if s["num_tasks"] is not None:
-            _check_positive_int("num_tasks", s["num_tasks"])
-            if not s["task_routing"]:
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.task_routing, bool):
+            raise ValueError(f"task_routing must be True or False, got {self.task_routing!r}")
+        check_positive_int("task_dim", self.task_dim)
+        if self.num_tasks is not None:
+            check_positive_int("num_tasks", self.num_tasks)
+            if not self.task_routing:
                 raise ValueError(
                     "num_tasks needs task_routing=True (task ids feed the task router); set "
                     "num_tasks=None or enable task routing"
                 )
         for key in ("beta_min", "beta_max"):
-            if not _is_number(s[key]):
-                raise ValueError(f"{key} must be a finite number, got {s[key]!r}")
-        if s["beta_min"] > s["beta_max"]:
+            if not is_number(getattr(self, key)):
+                raise ValueError(f"{key} must be a finite number, got {getattr(self, key)!r}")
+        if self.beta_min > self.beta_max:
             raise ValueError(
-                f"beta_min ({s['beta_min']}) must not exceed beta_max ({s['beta_max']}): task "
+                f"beta_min ({self.beta_min}) must not exceed beta_max ({self.beta_max}): task "
                 "routing is meant to rise with depth"
             )
-        if not _is_number(s["aux_loss_coef"]) or s["aux_loss_coef"] < 0:
-            raise ValueError(f"aux_loss_coef must be a number >= 0, got {s['aux_loss_coef']!r}")
 
 
-def initial_beta(s: dict[str, Any]) -> float:
+def initial_beta(config: HMoRAConfig, layer_index: int | None, num_layers: int) -> float:
     """β_l at init: linear in ``layer_index / (num_layers − 1)`` from beta_min to beta_max.
 
     ``layer_index`` None (no integer in the module name) or ``num_layers`` <= 1 -> the midpoint.
     """
-    index, num_layers = s.get("layer_index"), s.get("num_layers") or 0
-    frac = 0.5 if index is None or num_layers <= 1 else index / (num_layers - 1)
+    frac = 0.5 if layer_index is None or num_layers <= 1 else layer_index / (num_layers - 1)
     frac = min(max(frac, 0.0), 1.0)
-    return float(s["beta_min"]) + (float(s["beta_max"]) - float(s["beta_min"])) * frac
+    return float(config.beta_min) + (float(config.beta_max) - float(config.beta_min)) * frac

@@ -38,10 +38,10 @@ import torch
 from torch import nn
 
 from ..._checks import check_all
-from ...core.adapter import Adapter, NotMergeableError
-from ...core.mixture import init_lora_factors, packed_mixture
-from ...routing import Router, Routing, RoutingState
-from .config import initial_beta
+from ...core.adapter import LayerContext
+from ...core.mixture import LowRankMixture, init_lora_factors
+from ...routing import Router, Routing, top_k_gates
+from .config import HMoRAConfig, initial_beta
 
 _EPS = 1e-12
 
@@ -63,17 +63,6 @@ def entropy_loss(w: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tens
     return -h_mean + (h_tok * m).sum() / n, n
 
 
-def top_k_gates(w: torch.Tensor, top_k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(gates, indices)``: w (T, E) itself when dense, else its k largest entries per row
-    renormalised to sum to 1 (zero elsewhere); indices (T, k) sorted by weight."""
-    num_experts = w.shape[-1]
-    if top_k is None or top_k >= num_experts:
-        return w, torch.arange(num_experts, device=w.device).expand(w.shape)
-    top_w, indices = w.topk(top_k, dim=-1)
-    gates = torch.zeros_like(w).scatter(-1, indices, top_w / top_w.sum(-1, keepdim=True))
-    return gates, indices
-
-
 def _sequence_shape(lead: torch.Size) -> tuple[int, int]:
     """(B, S) of a layer input of leading shape ``lead``: the last axis is the sequence."""
     if len(lead) == 0:
@@ -83,7 +72,7 @@ def _sequence_shape(lead: torch.Size) -> tuple[int, int]:
     return math.prod(lead[:-1]), int(lead[-1])
 
 
-class HMoRAAdapter(Adapter):
+class HMoRAAdapter(LowRankMixture):
     """E packed low-rank experts with a hierarchical token/task router (see module docstring)."""
 
     fp32_parameters = (
@@ -96,33 +85,34 @@ class HMoRAAdapter(Adapter):
     )
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        settings: dict[str, Any],
-        state: RoutingState,
-        name: str,
+        self, in_features: int, out_features: int, config: HMoRAConfig, context: LayerContext
     ) -> None:
-        super().__init__(in_features, out_features, settings, state, name)
-        e, r = settings["num_experts"], settings["rank"]
-        self.num_experts, self.rank, self.top_k = e, r, settings["top_k"]
-        self.scale = float(settings["alpha"]) / math.sqrt(r)
-        self.A = nn.Parameter(torch.empty(e * r, in_features))
-        self.B = nn.Parameter(torch.empty(out_features, e * r))
-        init_lora_factors(self.A.data.view(e, r, in_features), self.B.data)
-        self.router = Router(in_features, e, None)
-        self.task_routing = bool(settings["task_routing"])
-        self.num_tasks = settings["num_tasks"] if self.task_routing else None
-        self.aux_coef = float(settings["aux_loss_coef"])
+        super().__init__(in_features, out_features, config, context)
+        e, r = self.num_experts, self.rank
+        self.scale = float(config.alpha) / math.sqrt(r)
+        self.task_routing = bool(config.task_routing)
+        self.num_tasks = config.num_tasks if self.task_routing else None
         if self.task_routing:
-            d_task = settings["task_dim"]
+            d_task = config.task_dim
             self.task_encoder = nn.Linear(in_features, d_task)
             self.task_router = Router(d_task, e, None)
             if self.num_tasks is not None:
                 self.task_embedding = nn.Embedding(self.num_tasks, d_task)
-            self.beta = nn.Parameter(torch.tensor(initial_beta(settings)))
+            beta = initial_beta(config, context.layer_index, context.num_layers)
+            self.beta = nn.Parameter(torch.tensor(beta))
         # Running (sum, count) of the causal pool per batch row after the latest forward.
         self._prefix: dict[str, Any] | None = None
+
+    def make_factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """Packed experts: ``A`` (E·r, d_in), rows e·r … e·r+r−1 are A_e; ``B`` (d_out, E·r)."""
+        e, r, d_in = self.num_experts, self.rank, self.in_features
+        a = nn.Parameter(torch.empty(e * r, d_in))
+        b = nn.Parameter(torch.empty(self.out_features, e * r))
+        init_lora_factors(a.data.view(e, r, d_in), b.data)
+        return a, b
+
+    def make_router(self, in_features: int | None = None) -> Router:
+        return Router(self.in_features, self.num_experts, None, self.config.router_jitter)
 
     # Routing ---------------------------------------------------------------------------------
     def _task_ids(self, num_seqs: int, device: torch.device) -> torch.Tensor | None:
@@ -211,18 +201,20 @@ class HMoRAAdapter(Adapter):
         g = torch.sigmoid(self.beta.float())
         return (1.0 - g) * p + g * q
 
-    def route(self, route_x: torch.Tensor) -> Routing:
-        """Route (..., d_in) tokens; record this forward's entropy aux loss with the state."""
-        lead = route_x.shape[:-1]
-        mask = self.state.token_mask(lead)
-        w = self.routing_weights(route_x.reshape(-1, self.in_features), lead, mask)
-        gates, indices = top_k_gates(w, self.top_k)
-        routing = Routing(w.clamp_min(_EPS).log(), w, indices, gates)
-        if self.aux_coef > 0:
-            loss, _ = entropy_loss(w, mask)
-            self.state.record_losses(self.name, {"entropy": self.aux_coef * loss}, mask, len(w))
-        self.state.observe(self.name, routing, lead)
-        return routing
+    def routing(
+        self, route_x: torch.Tensor, lead: torch.Size, mask: torch.Tensor | None
+    ) -> Routing:
+        """The mix ``w`` (T, E) as probabilities, its top-k (or all) as gates."""
+        w = self.routing_weights(route_x, lead, mask)
+        indices, gates = top_k_gates(w, self.top_k)
+        return Routing(w.clamp_min(_EPS).log(), w, indices, gates)
+
+    def aux_losses(self, routing: Routing, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``{"entropy": c · L}`` (:func:`entropy_loss` of the mix w), nothing when off."""
+        if self.aux_kind == "none" or self.aux_coef <= 0:
+            return {}
+        loss, _ = entropy_loss(routing.probs, mask)
+        return {"entropy": self.aux_coef * loss}
 
     # Update ----------------------------------------------------------------------------------
     def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,22 +223,6 @@ class HMoRAAdapter(Adapter):
         a = self.A.view(e, r, self.in_features)
         b = self.B.view(self.out_features, e, r).permute(1, 0, 2)
         return a, b
-
-    def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        routing = self.route(route_x)
-        a, b = self.expert_factors()
-        xf = x.reshape(-1, self.in_features)
-        out = packed_mixture(xf, a.to(x.dtype), b.to(x.dtype), routing.gates)
-        return (self.scale * out).reshape(*lead, self.out_features)
-
-    def delta_weight(self) -> torch.Tensor:
-        if self.num_experts != 1:
-            raise NotMergeableError(
-                f"{self.name}: HMoRA routes each token over {self.num_experts} experts, so it "
-                "has no single ΔW to merge; only one-expert modules merge"
-            )
-        return self.scale * (self.B @ self.A)
 
     def active_parameters(self) -> int:
         k = self.num_experts if self.top_k is None else min(self.top_k, self.num_experts)

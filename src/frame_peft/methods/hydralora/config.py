@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ...core.config import AdapterConfig, _check_positive_int
+from ...core.config import RoutingConfig
 
 
 @dataclass
-class HydraLoRAConfig(AdapterConfig):
-    """HydraLoRA (METHODS.md §4): ``Δy = (α/r) Σ_e g_e(x) B_e A x``, dense softmax gates ``g``.
+class HydraLoRAConfig(RoutingConfig):
+    """HydraLoRA (docs/methods.md §4): ``Δy = (α/r) Σ_e g_e(x) B_e A x``, dense softmax gates.
 
-    Defaults (choice, where METHODS.md is silent): ``num_experts = 3`` heads and ``rank = 8``,
+    Defaults (choice, where the spec is silent): ``num_experts = 3`` heads and ``rank = 8``,
     the small head count and LoRA-sized shared rank of the HydraLoRA paper's setups;
     ``alpha = None`` (= 2·rank, the library-wide convention); ``aux_loss = "none"``: HydraLoRA
-    trains its router with the task loss only.
+    trains its router with the task loss only. ``top_k`` must stay ``None``: the router is dense.
 
     Args:
         num_experts: E output heads B_e sharing one A (overridable per module). E = 1 is LoRA.
@@ -30,24 +30,9 @@ class HydraLoRAConfig(AdapterConfig):
 
     method: ClassVar[str] = "hydralora"
     aux_kinds: ClassVar[tuple[str, ...]] = ("none", "switch")
+    dense_only: ClassVar[bool] = True
 
     rank: int = 8
     num_experts: int = 3
-    aux_loss: str = "none"
-    aux_loss_coef: float = 0.01
-    z_loss_coef: float = 0.0
-    router_jitter: float = 0.0
-
-    def validate_settings(self, s: dict[str, Any]) -> None:
-        super().validate_settings(s)
-        _check_positive_int("num_experts", s["num_experts"])
-        if s["aux_loss"] not in self.aux_kinds:
-            raise ValueError(
-                f"aux_loss must be one of {list(self.aux_kinds)}, got {s['aux_loss']!r}"
-            )
-        for key in ("aux_loss_coef", "z_loss_coef"):
-            if isinstance(s[key], bool) or not isinstance(s[key], int | float) or s[key] < 0:
-                raise ValueError(f"{key} must be a number >= 0, got {s[key]!r}")
-        jitter = s["router_jitter"]
-        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
-            raise ValueError(f"router_jitter must be in [0, 1), got {jitter!r}")
+    top_k: int | None = None
+    aux_loss: str | None = "none"

@@ -16,53 +16,37 @@ With E = 1 the gate is 1 and HydraLoRA is LoRA exactly (mergeable: ΔW = (α/r) 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
-from ...core.adapter import Adapter, NotMergeableError
-from ...routing import Router, Routing, RoutingState, balance_and_z_losses, switch_loss
+from ...core.adapter import LayerContext, NotMergeableError
+from ...core.routed import RoutedAdapter
+from .config import HydraLoRAConfig
 
 
-class HydraLoRAAdapter(Adapter):
+class HydraLoRAAdapter(RoutedAdapter):
+    """Shared ``A`` (r, d_in), heads ``B`` (E, d_out, r), dense ``router``; the optional Switch
+    loss counts each token's most probable head (see
+    :func:`~frame_peft.routing.load_and_importance`)."""
+
     fp32_parameters = ("router.weight",)
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        settings: dict[str, Any],
-        state: RoutingState,
-        name: str,
+        self, in_features: int, out_features: int, config: HydraLoRAConfig, context: LayerContext
     ) -> None:
-        super().__init__(in_features, out_features, settings, state, name)
-        e, r = settings["num_experts"], settings["rank"]
-        self.num_experts, self.rank = e, r
+        super().__init__(in_features, out_features, config, context)
+        e, r = self.num_experts, config.rank
+        self.rank = r
         self.A = nn.Parameter(torch.empty(r, in_features))
         self.B = nn.Parameter(torch.zeros(e, out_features, r))
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        self.router = Router(in_features, e, None, settings.get("router_jitter", 0.0))
-        self.aux_kind = settings.get("aux_loss", "none")
-        self.aux_coef = float(settings.get("aux_loss_coef", 0.01))
-        self.z_coef = float(settings.get("z_loss_coef", 0.0))
+        self.router = self.make_router()
 
-    def aux_losses(self, routing: Routing, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Optional Switch loss (the load of a dense router counts each token's most probable
-        head, see :func:`~frame_peft.routing.load_and_importance`) and z-loss."""
-        balance = switch_loss if self.aux_kind == "switch" else None
-        return balance_and_z_losses(routing, mask, self.aux_coef, self.z_coef, balance)
-
-    def route(self, route_x: torch.Tensor) -> Routing:
-        """Dense routing of (..., d_in) tokens; records this forward's aux losses, if any."""
-        routing = self.router(route_x.reshape(-1, self.in_features))
-        mask = self.state.token_mask(route_x.shape[:-1])
-        self.state.record_losses(
-            self.name, self.aux_losses(routing, mask), mask, len(routing.probs)
-        )
-        self.state.observe(self.name, routing, route_x.shape[:-1])
-        return routing
+    def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` per head: the shared A repeated, (E, r, d_in), and the heads (E, d_out, r)."""
+        return self.A.unsqueeze(0).expand(self.num_experts, *self.A.shape), self.B
 
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         """x, route_x (..., d_in) -> Δy (..., d_out)."""

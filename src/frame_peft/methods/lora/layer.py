@@ -5,28 +5,21 @@ Parameter layout and initialisation match PEFT's LoRA, so the same A, B give the
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.adapter import Adapter
+from ...core.adapter import Adapter, LayerContext
+from ...core.config import AdapterConfig
 from ...core.mixture import init_lora_factors
-from ...routing import RoutingState
 
 
 class LoRAAdapter(Adapter):
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        settings: dict[str, Any],
-        state: RoutingState,
-        name: str,
+        self, in_features: int, out_features: int, config: AdapterConfig, context: LayerContext
     ) -> None:
-        super().__init__(in_features, out_features, settings, state, name)
-        r = settings["rank"]
+        super().__init__(in_features, out_features, config, context)
+        r = config.rank
         self.A = nn.Parameter(torch.empty(r, in_features))
         self.B = nn.Parameter(torch.empty(out_features, r))
         init_lora_factors(self.A, self.B)
@@ -36,3 +29,7 @@ class LoRAAdapter(Adapter):
 
     def delta_weight(self) -> torch.Tensor:
         return self.scale * (self.B @ self.A)
+
+    def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one update as a single expert: (1, r, d_in), (1, d_out, r)."""
+        return self.A.unsqueeze(0), self.B.unsqueeze(0)

@@ -93,7 +93,7 @@ def adapter_config(method: str, targets: list[str]) -> fp.AdapterConfig | None:
 def real_data(seed: int):
     """(train dataset, {task: eval items}, tokenizer, model factory) of the quick start."""
     from frame_peft.data import MultiTaskMixture, PadCollator, TaskVocabulary, encode_example
-    from frame_peft.pipeline.data_prep import prepare_data
+    from frame_peft.recipes.data_prep import prepare_data
     from frame_peft.recipes.schema import load_recipe
     from frame_peft.training import load_base_model
 

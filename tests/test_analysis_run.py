@@ -32,8 +32,8 @@ def _expected_tokens(run_dir, max_items: int) -> dict[str, int]:
     """Non-padding tokens per task of the held-out pass, rebuilt independently of the recorder."""
     from frame_peft.data import TaskVocabulary
     from frame_peft.pipeline import prepare_data
-    from frame_peft.pipeline.model_prep import load_base
     from frame_peft.recipes import load_recipe
+    from frame_peft.recipes.model_prep import load_base
 
     recipe = load_recipe(run_dir / "recipe.yaml")
     _, tokenizer = load_base(recipe, for_training=False)

@@ -75,3 +75,14 @@ def test_version_is_one_string_everywhere():
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     declared = tomllib.loads(pyproject.read_text())["project"]["version"]
     assert frame_peft.__version__ == __version__ == declared
+
+
+def test_demo_runs_the_quick_start_and_transforms_tour_runs_the_tour(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(
+        "frame_peft.quickstart.run_quickstart", lambda **kw: calls.append(kw) or "table"
+    )
+    assert main(["demo", "--set", "train.max_steps=1"]) == 0
+    assert calls == [{"overrides": ["train.max_steps=1"], "output_dir": None}]
+    assert main(["transforms-tour", "--n", "16"]) == 0
+    assert "frame-peft transforms, n = 16" in capsys.readouterr().out

@@ -1,7 +1,10 @@
-"""The ``frame-peft`` command line: train, eval, compare, assets, recipes, demo.
+"""The ``frame-peft`` command line: train, eval, compare, assets, recipes, demo, analyze,
+experiment, transforms-tour.
 
 Every subcommand is a thin layer over a library function (``frame_peft.pipeline``,
-``frame_peft.assets``, ``frame_peft.recipes``), so whatever the CLI does a script can do too.
+``frame_peft.assets``, ``frame_peft.recipes``, ``frame_peft.quickstart`` for ``demo``,
+``frame_peft.analysis``, ``frame_peft.experiments``, ``frame_peft.transforms_tour``), so whatever
+the CLI does a script can do too.
 """
 
 from __future__ import annotations
@@ -96,17 +99,17 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .pipeline import run_quickstart
+def _quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart
 
     run_quickstart(overrides=args.overrides, output_dir=args.output_dir)
     return 0
 
 
-def _tour(args: argparse.Namespace) -> int:
-    from .demo import run_transform_demo
+def _transforms_tour(args: argparse.Namespace) -> int:
+    from .transforms_tour import run_transforms_tour
 
-    run_transform_demo(n=args.n)
+    run_transforms_tour(n=args.n)
     return 0
 
 
@@ -195,14 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _set_arg(p)
     p.add_argument("--output-dir", help="run directory (default: runs/quickstart)")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_quickstart)
 
     add_analyze_parser(sub)
     add_experiment_parser(sub)
 
     p = sub.add_parser("transforms-tour", help="what the fractional Fourier transforms do")
     p.add_argument("--n", type=int, default=256, help="signal length (even; default 256)")
-    p.set_defaults(func=_tour)
+    p.set_defaults(func=_transforms_tour)
     return parser
 
 

@@ -17,7 +17,6 @@ directory (default ``<run_dir>/analysis/`` for one run; required for several).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,14 +105,11 @@ def _labels(run_dirs: Sequence[Path]) -> list[str]:
 
 
 def _read_run(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a finished run of a frame-peft method; refuses anything else."""
     from ..recipes.schema import BASELINE, PEFT_METHODS
+    from ..run_dir import check_finished, read_run_info
 
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not a run directory written by `frame-peft train` (no run.json)"
-        )
-    info = json.loads(info_path.read_text())
+    info = read_run_info(run_dir)
     method = info.get("method")
     if method == BASELINE or method in PEFT_METHODS:
         raise ValueError(
@@ -121,9 +117,7 @@ def _read_run(run_dir: Path) -> dict[str, Any]:
             "(frame, moe-lora, hydralora, fouriermoe, hmora; lora/flylora give parameters only); "
             "PEFT baselines and the base model have no experts or orders to analyse"
         )
-    for name in ("recipe.yaml", "adapter"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir} has no {name}: was its training finished?")
+    check_finished(run_dir)
     return info
 
 
@@ -134,8 +128,8 @@ def _analyze_one(
 
     from ..data import TaskVocabulary
     from ..peft_bridge import count_parameters
-    from ..pipeline.run import load_run
     from ..routing import routing_context
+    from ..run_dir import load_run
     from .decorrelation import decorrelation
     from .orders import order_statistics
     from .routing import RoutingRecorder

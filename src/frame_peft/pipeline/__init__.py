@@ -1,8 +1,14 @@
-"""Recipe-driven runs: prepare data, build a model per method, train, evaluate, compare."""
+"""Recipe-driven runs: train, evaluate and compare methods into run directories.
 
-from .data_prep import PreparedData, prepare_data
-from .model_prep import attach_adapter, build_model, load_base, load_trained
-from .run import compare_recipe, evaluate_target, load_run, run_quickstart, train_recipe
+The data and model a recipe builds (:mod:`frame_peft.recipes.data_prep`,
+:mod:`frame_peft.recipes.model_prep`) and the run-directory format (:mod:`frame_peft.run_dir`)
+live one layer down and are re-exported here; the quick start is :mod:`frame_peft.quickstart`.
+"""
+
+from ..recipes.data_prep import PreparedData, prepare_data
+from ..recipes.model_prep import attach_adapter, build_model, load_base, load_trained
+from ..run_dir import load_run
+from .run import compare_recipe, evaluate_target, train_recipe
 
 __all__ = [
     "PreparedData",
@@ -14,6 +20,5 @@ __all__ = [
     "load_run",
     "load_trained",
     "prepare_data",
-    "run_quickstart",
     "train_recipe",
 ]

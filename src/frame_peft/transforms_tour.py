@@ -1,4 +1,8 @@
-"""What ``make demo`` runs: a short, honest tour of the transforms (numbers computed live)."""
+"""``frame-peft transforms-tour``: a short, honest tour of the transforms (numbers computed live).
+
+What the order does, where the chirp surrogate agrees with the exact FrFT and where it does not,
+the coherence between experts' bases, and the cost of each transform.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ def _hermite_gaussian(n: int, k: int) -> torch.Tensor:
     return v[:, int((idx == k).nonzero()[0])].to(torch.complex128)
 
 
-def run_transform_demo(n: int = 256) -> None:
+def run_transforms_tour(n: int = 256) -> None:
+    """Print the tour for signal length ``n`` (even, >= 8)."""
     if n < 8 or n % 2:
         raise ValueError(
             f"--n must be an even number >= 8 (the chirp surrogate needs even n), got {n}"

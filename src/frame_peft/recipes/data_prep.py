@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import Example, check_disjoint, get_task, split_examples
-from ..recipes.schema import TRAIN_ONLY_SOURCES, Recipe
+from .schema import TRAIN_ONLY_SOURCES, Recipe
 
 __all__ = ["PreparedData", "prepare_data"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..recipes.schema import BASELINE, PEFT_METHODS, Recipe
+from .schema import BASELINE, PEFT_METHODS, Recipe
 
 __all__ = ["attach_adapter", "build_model", "load_base", "load_trained"]
 

@@ -13,6 +13,10 @@ import pytest
 import torch
 
 from frame_peft.transforms import (
+    CHIRP,
+    EXACT,
+    check_transform_name,
+    coherence_matrix,
     dfrft,
     dfrft_adjoint,
     dft,
@@ -22,6 +26,7 @@ from frame_peft.transforms import (
     get_transform,
     idft,
 )
+from frame_peft.transforms import TRANSFORMS as TRANSFORMS_BY_NAME
 
 
 @pytest.fixture(autouse=True)
@@ -182,6 +187,26 @@ def test_adjoints_and_get_transform() -> None:
         assert rel(adj(fwd(x, 0.41), 0.41), x) < 1e-13
     # frft_right on rows equals frft on the last axis (U_a is complex symmetric)
     assert rel(frft_right(x, 0.41), frft(x, 0.41)) == 0.0
+
+
+def test_one_name_check_for_every_transform_dispatch() -> None:
+    """get_transform, coherence and FRAME's grouped factors all refuse an unknown name the same
+    way, naming the allowed ones."""
+    from frame_peft.methods.frame.factors import _transform_rows
+
+    assert TRANSFORMS_BY_NAME == (CHIRP, EXACT) == ("chirp", "exact")
+    assert check_transform_name("exact") == "exact"
+    z = torch.randn(1, 2, 8)
+    calls = (
+        lambda name: check_transform_name(name),
+        lambda name: get_transform(name),
+        lambda name: coherence_matrix([0.0, 0.5], 8, name),
+        lambda name: _transform_rows(name, z, torch.tensor([0.3]), True),
+    )
+    for call in calls:
+        for bad in ("ozaktas", None):
+            with pytest.raises(ValueError, match=r"unknown transform .*'chirp', 'exact'"):
+                call(bad)
 
 
 @pytest.mark.parametrize(

@@ -6,43 +6,25 @@
 - :func:`dfrft`, :func:`dfrft_matrix`, :func:`dfrft_basis`: the exact Candan discrete FrFT.
 - :func:`coherence`, :func:`coherence_matrix`: mutual coherence of two orders' bases, or of
   every pair of a list of orders.
-- :func:`get_transform`: ``"chirp"`` or ``"exact"`` by name, as FRAME's config names them.
+- :func:`get_transform`, :func:`check_transform_name`, :data:`TRANSFORMS` (:data:`CHIRP`,
+  :data:`EXACT`): the transforms by name, as FRAME's config names them; the one dispatch.
 
 Conventions are in METHODS.md §1 and docs/transforms.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
-
-from ._common import Order
+from .by_name import CHIRP, EXACT, TRANSFORMS, check_transform_name, get_transform
 from .chirp import frft, frft_adjoint, frft_right
 from .coherence import coherence, coherence_matrix
 from .dft import dft, idft
-from .exact import dfrft, dfrft_basis, dfrft_matrix
-
-
-def dfrft_adjoint(x: torch.Tensor, order: Order, dim: int = -1) -> torch.Tensor:
-    """``(F^a)^H = F^{-a}`` for the exact transform (it is additive and unitary)."""
-    return dfrft(x, -order, dim=dim)
-
-
-def get_transform(name: str) -> tuple[Callable, Callable]:
-    """Return ``(forward, adjoint)`` for a transform name: ``"chirp"`` or ``"exact"``.
-
-    Both transforms are complex symmetric, so ``forward`` on the last axis also right-multiplies
-    rows (``x ↦ x T_a``).
-    """
-    if name == "chirp":
-        return frft, frft_adjoint
-    if name == "exact":
-        return dfrft, dfrft_adjoint
-    raise ValueError(f"unknown transform {name!r}; choose 'chirp' (fast surrogate) or 'exact'")
-
+from .exact import dfrft, dfrft_adjoint, dfrft_basis, dfrft_matrix
 
 __all__ = [
+    "CHIRP",
+    "EXACT",
+    "TRANSFORMS",
+    "check_transform_name",
     "coherence",
     "coherence_matrix",
     "dfrft",

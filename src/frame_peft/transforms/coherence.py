@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from .by_name import CHIRP, EXACT, check_transform_name
 from .chirp import frft, frft_adjoint
 from .exact import dfrft
 
@@ -45,8 +46,7 @@ def coherence_matrix(
     Entry (e, f) is :func:`coherence` of orders e and f (the diagonal is 1: ``T^H T = I``);
     ``cache`` maps ``(transform, n, key)`` to values across calls.
     """
-    if transform not in ("chirp", "exact"):
-        raise ValueError(f"transform must be 'chirp' or 'exact', got {transform!r}")
+    check_transform_name(transform)
     cache = {} if cache is None else cache
     num_experts = len(orders)
     # Row j of ``unit`` is e_j for j <= n//2 (one column of every reversal orbit); transforms act
@@ -55,13 +55,13 @@ def coherence_matrix(
 
     def key(e: int, f: int) -> tuple:
         a, b = orders[e], orders[f]
-        if transform == "exact":
-            return ("exact", n, abs(b - a))
-        return ("chirp", n, min(a, b), max(a, b))
+        if transform == EXACT:
+            return (EXACT, n, abs(b - a))
+        return (CHIRP, n, min(a, b), max(a, b))
 
     todo = [(e, f) for e in range(num_experts) for f in range(e + 1, num_experts)
             if key(e, f) not in cache]  # fmt: skip
-    if transform == "exact":
+    if transform == EXACT:
         for e, f in todo:
             if key(e, f) not in cache:  # F^{-a} F^b = F^{b-a}, on the kept columns
                 cache[key(e, f)] = float(dfrft(unit, orders[f] - orders[e]).abs().max())

@@ -141,6 +141,11 @@ def dfrft(x: torch.Tensor, order: Order, dim: int = -1) -> torch.Tensor:
     return y.movedim(-1, dim)
 
 
+def dfrft_adjoint(x: torch.Tensor, order: Order, dim: int = -1) -> torch.Tensor:
+    """``(F^a)^H = F^{-a}`` for the exact transform (it is additive and unitary)."""
+    return dfrft(x, -order, dim=dim)
+
+
 def dfrft_matrix(n: int, order: Order, dtype: torch.dtype = torch.complex128) -> torch.Tensor:
     """The dense ``n×n`` matrix of the exact centered FrFT ``F^a`` (complex symmetric, unitary)."""
     rdtype = torch.float64 if dtype == torch.complex128 else torch.float32

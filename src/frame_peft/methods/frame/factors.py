@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...transforms import dfrft
+from ...transforms import CHIRP, get_transform
 from ...transforms.chirp import frft_rows_packed
 
 if TYPE_CHECKING:
@@ -40,9 +40,10 @@ MAX_CALL_ELEMENTS = 1 << 19
 
 def _transform_rows(transform: str, z: torch.Tensor, orders: torch.Tensor, unit: bool):
     """``[Re; Im]`` of ``T_{a_g}`` on the rows of ``z`` (G, r, n) -> (G, 2r, n)."""
-    if transform == "chirp":
+    if transform == CHIRP:  # the chirp kernel writes [Re; Im] rows directly
         return frft_rows_packed(z, orders, unit_orders=unit)
-    y = dfrft(z, orders, dim=-1)
+    forward, _ = get_transform(transform)
+    y = forward(z, orders, dim=-1)
     return torch.cat([y.real, y.imag], dim=1)
 
 

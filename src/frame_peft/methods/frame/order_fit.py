@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...transforms import get_transform
+from ...transforms import CHIRP, get_transform
 
 #: Eigenvalues of a side's Gram matrix below this are dropped (that direction is empty: at a = 0
 #: the imaginary half vanishes and the problem is LoRA's).
@@ -56,7 +56,7 @@ GRAM_TOL = 1e-5
 MAX_ELEMENTS = 1 << 21
 
 
-def order_map(m: torch.Tensor, order: float, transform: str = "chirp") -> torch.Tensor:
+def order_map(m: torch.Tensor, order: float, transform: str = CHIRP) -> torch.Tensor:
     """``L_a(M) = Re(T_o^H M T_i)`` for a real (d_out, d_in) matrix (also ``L_a*``)."""
     forward, adjoint = get_transform(transform)
     y = forward(m.to(torch.complex128), order, dim=-1)
@@ -73,7 +73,7 @@ def dense_fitted_energy(
     target: torch.Tensor,
     order: float,
     rank: int,
-    transform: str = "chirp",
+    transform: str = CHIRP,
     iters: int = 30,
     seed: int = 0,
 ) -> float:
@@ -142,14 +142,14 @@ class Sketch:
 
 
 def side_grams(
-    basis: torch.Tensor, orders: torch.Tensor, transform: str = "chirp"
+    basis: torch.Tensor, orders: torch.Tensor, transform: str = CHIRP
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Q2, Q4)``, each (J, G, q, q) complex128: ``Uᵀ T_a² U`` and ``Uᵀ T_a⁴ U`` per order.
 
     ``basis`` (G, d, q) real; ``orders`` (J,). Two transforms of G·q rows per order, chunked.
     """
     forward, _ = get_transform(transform)
-    if transform == "chirp":  # candidate orders lie in [0, 1]: no reversal gather
+    if transform == CHIRP:  # candidate orders lie in [0, 1]: no reversal gather
 
         def forward(x, a, dim, _f=forward):
             return _f(x, a, dim=dim, unit_orders=True)
@@ -260,7 +260,7 @@ def fitted_energies(
     sketch: Sketch,
     orders: torch.Tensor,
     rank: int,
-    transform: str = "chirp",
+    transform: str = CHIRP,
     iters: int = 8,
     grams: tuple[torch.Tensor, ...] | None = None,
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None,

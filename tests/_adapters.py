@@ -95,7 +95,7 @@ def _moe(i: int, o: int) -> int:  # E = 4, k = 2, r = 2 experts + an E x d_in ro
 
 
 # Active parameters per token of one module with d_in = i, d_out = o, for the CONFIGS above,
-# written out from METHODS.md independently of the adapters' own ``active_parameters``.
+# written out from docs/methods.md independently of the adapters' own ``active_parameters``.
 ACTIVE: dict[str, Callable[[int, int], int]] = {
     "lora": lambda i, o: 4 * (i + o),
     "moe-lora": _moe,

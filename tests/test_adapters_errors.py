@@ -112,6 +112,17 @@ def test_chirp_refuses_odd_width_and_leaves_model_alone():
     fp.inject(model, fp.FrameConfig(target_modules=["0"], transform="exact"))
 
 
+def test_transform_override_per_module():
+    """The odd-width error's advice works: ``exact`` for that module only, chirp elsewhere."""
+    model = torch.nn.Sequential(torch.nn.Linear(15, 8), torch.nn.Linear(8, 8))
+    config = fp.FrameConfig(target_modules=["0", "1"], overrides={"^0$": {"transform": "exact"}})
+    layers = fp.adapted_layers(fp.inject(model, config))
+    assert layers["0"].adapter.transform_name == "exact"
+    assert layers["1"].adapter.transform_name == "chirp"
+    with pytest.raises(ValueError, match="transform must be"):
+        fp.FrameConfig(overrides={"x": {"transform": "fast"}})
+
+
 @pytest.fixture
 def saved(tmp_path):
     model = fp.inject(MODELS["llama"](), fp.FrameConfig(target_modules=TARGETS["llama"]))

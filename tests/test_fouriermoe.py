@@ -1,6 +1,6 @@
-"""FourierMoE (METHODS.md §3) specifics: saved positions, the spectral maths (real ΔW, activation
-path = dense IDFT2), the exact relation to PEFT's FourierFT, the frequency-adaptive router and
-config validation.
+"""FourierMoE (docs/methods.md §3) specifics: saved positions, the spectral maths (real ΔW,
+activation path = dense IDFT2), the exact relation to PEFT's FourierFT, the frequency-adaptive
+router and config validation.
 
 The adapter-core matrix (identity at init, disable, trainable set, aux loss per module, bf16 with
 float32 routers and int64 positions, save/load with positions in a fresh process) and the

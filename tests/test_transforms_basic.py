@@ -1,8 +1,8 @@
 """Both transforms: integer orders, dtypes, batching, ``dim``, real input, 1-d orders, bad input.
 
-Conventions (METHODS.md §1): index i stands for the coordinate c = i - n//2; the centered unitary
-DFT is C[j, k] = exp(-2πi·(j-h)(k-h)/n)/√n with h = n//2. References here are built from these
-definitions, not from the package.
+Conventions (docs/methods.md §1): index i stands for the coordinate c = i - n//2; the centered
+unitary DFT is C[j, k] = exp(-2πi·(j-h)(k-h)/n)/√n with h = n//2. References here are built from
+these definitions, not from the package.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def test_matrix_is_spectral_formula(n: int) -> None:
 
 
 def _dense_s(n: int) -> np.ndarray:
-    """S from METHODS.md §1: S[n,n] = 2cos(2πn/N) - 4, S[n,(n±1) mod N] += 1 (uncentered)."""
+    """S from docs/methods.md §1: S[n,n] = 2cos(2πn/N) - 4, S[n,(n±1) mod N] += 1 (uncentered)."""
     s = np.diag(2 * np.cos(2 * np.pi * np.arange(n) / n) - 4)
     for i in range(n):
         s[i, (i + 1) % n] += 1

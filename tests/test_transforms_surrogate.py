@@ -1,4 +1,4 @@
-"""The three-shear chirp–FFT surrogate U_a (METHODS.md §1).
+"""The three-shear chirp–FFT surrogate U_a (docs/methods.md §1).
 
 The surrogate and the exact transform are different operators: at non-integer orders they differ
 by O(1) on full-band (random) vectors, so they are never compared there. They agree on smooth,
@@ -51,7 +51,7 @@ def reversal_matrix(n: int) -> torch.Tensor:
 
 
 def surrogate_matrix(n: int, a: float) -> torch.Tensor:
-    """U_a built densely from the METHODS.md formula (with U_a = R^m U_{a-2m}, m = round(a/2))."""
+    """U_a built densely from docs/methods.md §1.3 (U_a = R^m U_{a-2m}, m = round(a/2))."""
     m = round(a / 2)
     phi = (a - 2 * m) * math.pi / 2
     c2 = coords(n) ** 2 / n

@@ -4,7 +4,7 @@ Two directions:
 
 - :func:`peft_baseline` wraps a model with PEFT's own FourierFT, DoRA, AdaLoRA or LoRA
   (``peft.get_peft_model``) with this project's defaults (all linear layers except the head,
-  r = 8, α = 2r, dropout 0.05), so the baselines of METHODS.md §4 come from PEFT rather than a
+  r = 8, α = 2r, dropout 0.05), so the baselines of docs/methods.md §4 come from PEFT rather than a
   re-implementation. :func:`count_parameters`, :func:`aux_loss` and :func:`after_optimizer_step`
   accept either a PEFT model or a frame-peft model, so a training loop can stay generic; branch
   on :func:`is_peft_model` where it must.
@@ -29,7 +29,7 @@ from .core.inject import count_parameters as _fp_count_parameters
 
 PEFT_METHODS = ("fourierft", "dora", "adalora", "lora")
 
-# Defaults (METHODS.md §2/§4): all linear layers but the head, r = 8, α = 2r, dropout 0.05.
+# Defaults (docs/methods.md §2/§4): all linear layers but the head, r = 8, α = 2r, dropout 0.05.
 # FourierFT keeps PEFT's own defaults (n_frequency = 1000, scaling = 150); AdaLoRA starts at
 # init_r = 12 and is pruned to target_r = 8 (PEFT's defaults, target_r = the LoRA rank).
 _DEFAULTS: dict[str, dict[str, Any]] = {

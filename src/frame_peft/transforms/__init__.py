@@ -9,7 +9,7 @@
 - :func:`get_transform`, :func:`check_transform_name`, :data:`TRANSFORMS` (:data:`CHIRP`,
   :data:`EXACT`): the transforms by name, as FRAME's config names them; the one dispatch.
 
-Conventions are in METHODS.md §1 and docs/transforms.md.
+Conventions are in docs/methods.md §1 and docs/transforms.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared plumbing for the transforms: validation, dtype rules, the centered grid.
 
-Conventions (METHODS.md §1): index ``i = 0..N-1`` stands for the coordinate ``c = i - N//2``
+Conventions (docs/methods.md §1): index ``i = 0..N-1`` stands for the coordinate ``c = i - N//2``
 (the fftshift convention). Every transform computes in complex64, or complex128 for float64 /
 complex128 inputs; bf16 and fp16 inputs are upcast because torch's FFT refuses them on CPU.
 """

@@ -1,6 +1,6 @@
 """The three-shear chirp–FFT fractional Fourier surrogate ``U_a`` (FRAME's default transform).
 
-With ``φ = aπ/2`` and centered coordinates ``c`` (METHODS.md §1)::
+With ``φ = aπ/2`` and centered coordinates ``c`` (docs/methods.md §1)::
 
     D_a = diag(exp(-iπ tan(φ/2) c²/N)),   K_a = diag(exp(-iπ sin(φ) c²/N))
     U_a = e^{iφ/2} · D_a · C^H · K_a · C · D_a

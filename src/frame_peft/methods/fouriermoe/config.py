@@ -1,4 +1,4 @@
-"""FourierMoE config (METHODS.md §3): a mixture of sparse spectral experts behind a
+"""FourierMoE config (docs/methods.md §3): a mixture of sparse spectral experts behind a
 frequency-adaptive top-k router.
 
 Defaults (choices, see :class:`FourierMoEConfig`): E = 8 experts, k = 2, dropout 0.05,

@@ -1,6 +1,7 @@
-r"""FourierMoE (METHODS.md §3, reconstruction): a mixture of sparse, conjugate-symmetric spectra.
+r"""FourierMoE (docs/methods.md §3, reconstruction): a mixture of sparse, conjugate-symmetric
+spectra.
 
-**Frequency plane.** Frequencies are centered labels (METHODS.md §1): ``u ∈ [−⌊d_out/2⌋,
+**Frequency plane.** Frequencies are centered labels (docs/methods.md §1): ``u ∈ [−⌊d_out/2⌋,
 ⌈d_out/2⌉ − 1]``, ``v ∈ [−⌊d_in/2⌋, ⌈d_in/2⌉ − 1]``, taken modulo the length. The radial frequency
 is ``ρ(u, v) = sqrt((u/d_out)² + (v/d_in)²)``.
 

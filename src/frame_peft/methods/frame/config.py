@@ -13,7 +13,7 @@ from ..moe_lora.config import MoELoRAConfig
 
 @dataclass
 class FrameConfig(MoELoRAConfig):
-    """FRAME (METHODS.md §2). Defaults: E = 8, k = 2, r = 4, α = 2r, dropout 0.05.
+    """FRAME (docs/methods.md §2). Defaults: E = 8, k = 2, r = 4, α = 2r, dropout 0.05.
 
     Args:
         transform: ``"chirp"`` (the O(d log d) surrogate ``U_a``; needs even layer widths) or
@@ -65,6 +65,11 @@ class FrameConfig(MoELoRAConfig):
     scan_basis: str = "expert"
     scan_grid: float = 1.0
     scan_margin: float = 0.05
+
+    @classmethod
+    def overridable(cls) -> tuple[str, ...]:
+        """Also ``transform``: e.g. ``"exact"`` for the odd-width modules the chirp cannot take."""
+        return (*super().overridable(), "transform")
 
     def balance_kind(self) -> str:
         """``aux_loss=None`` resolves to ``"switch"`` with the scan, ``"grouped"`` without."""

@@ -10,6 +10,6 @@ from ...core.config import AdapterConfig
 
 @dataclass
 class LoRAConfig(AdapterConfig):
-    """Plain LoRA (METHODS.md §4). Defaults: r = 8, α = 2r, dropout 0.05, all linear layers."""
+    """Plain LoRA (docs/methods.md §4). Defaults: r = 8, α = 2r, dropout 0.05, all linear layers."""
 
     method: ClassVar[str] = "lora"

@@ -194,9 +194,10 @@ def scan_module(
     """Score orders for every expert of ``adapter`` from ``stats``; returns the report and the
     jumps ``(expert, new order, held)`` (nothing is changed here). ``scale`` (statistics with
     the adapters on, :func:`.scan_stats.record` mode ``"current"``): each expert's target is
-    ``λ δ`` plus its own contribution. ``first``: experts not held at an order jump to their
-    best order whatever the margin (their starting orders mean nothing); held experts (e.g.
-    started at 0) and every expert on later scans move only past the margin."""
+    ``λ δ`` plus its own contribution. ``first``: every expert jumps to its best order whatever
+    the margin (starting orders, including a start held at 0 with ``init_orders="zeros"``, carry
+    no information yet), except one whose best order is the order it is held at, which is left
+    untouched; on later scans an expert moves only past the margin and more than 1/d away."""
     t0 = time.perf_counter()
     d = max(adapter.in_features, adapter.out_features)
     delta_for = None if scale is None else _add_back(adapter, stats, scale)

@@ -89,11 +89,6 @@ def prepare_order(order: Order, x: torch.Tensor, dim: int) -> tuple[torch.Tensor
     return a, (a.shape[0],) + (1,) * (ndim - 1)
 
 
-def centered_coords(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Float64 centered coordinates ``i - n//2`` for ``i = 0..n-1``."""
-    return torch.arange(n, dtype=torch.float64, device=device) - (n // 2)
-
-
 def unit_phasor(phase: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
     """``exp(i·phase)`` with the phase reduced mod 2π in float64 before the cast.
 
@@ -107,17 +102,6 @@ def unit_phasor(phase: torch.Tensor, cdtype: torch.dtype) -> torch.Tensor:
         phase = phase.to(torch.float32)
     # cos/sin then complex: about 9x faster than torch.polar on CPU, same values.
     return torch.complex(torch.cos(phase), torch.sin(phase)).to(cdtype)
-
-
-def reverse_centered(x: torch.Tensor) -> torch.Tensor:
-    """Reversal on the centered grid, ``x[c] -> x[-c]`` along the last axis (this is F²).
-
-    Index i maps to ``(2·(n//2) - i) mod n``: a flip for odd n; for even n the coordinate -n/2
-    has no mirror and stays in place.
-    """
-    n = x.shape[-1]
-    flipped = torch.flip(x, dims=(-1,))
-    return flipped if n % 2 else torch.roll(flipped, shifts=1, dims=-1)
 
 
 def reduce_order(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,10 @@ record per forward, captures the call's ``attention_mask`` for the routing stati
 gradients are on, lets each method prepare what its layers share (:func:`prepare_layers`). No
 model code is patched. Every check runs before the model is touched, so a failed ``inject``
 leaves it unchanged; :func:`unload` undoes an injection exactly.
+
+Methods whose adapter is a :class:`~.blocks.BlockAdapter` (MixLoRA) adapt whole FFN blocks
+instead: each targeted block becomes an :class:`~.blocks.AdaptedBlock`, and the targets outside
+blocks get the adapter class the block adapter names (plain LoRA), all in one injection.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import torch
 from torch import nn
 
 from ..routing import RoutingState
+from ..routing.context import input_embedding_of, model_inputs
 from .adapter import AdaptedLinear, Adapter, LayerContext, is_adaptable, layer_features
+from .blocks import AdaptedBlock, build_block, split_block_targets
 from .config import AdapterConfig, adapter_class
 
 STATE_ATTR = "_frame_peft"
@@ -31,7 +37,7 @@ class Injection:
 
     config: AdapterConfig
     state: RoutingState
-    layers: dict[str, AdaptedLinear]
+    layers: dict[str, AdaptedLinear | AdaptedBlock]  # blocks for BlockAdapter methods
     requires_grad: dict[str, bool]
     hook: torch.utils.hooks.RemovableHandle | None = field(default=None, repr=False)
 
@@ -114,7 +120,7 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
             f"config must be an AdapterConfig (e.g. FrameConfig), got {type(config).__name__}"
         )
     if find_injection(model) is not None or any(
-        isinstance(m, AdaptedLinear) for m in model.modules()
+        isinstance(m, AdaptedLinear | AdaptedBlock) for m in model.modules()
     ):
         raise ValueError(
             "this model already has frame-peft adapters; call frame_peft.unload(model) (or "
@@ -122,17 +128,23 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
         )
     targets = match_targets(model, config.target_modules)
     cls = adapter_class(config.method)
-    state = RoutingState()
-    built: dict[str, AdaptedLinear] = {}
-    depth = layer_indices([n for n, _ in targets])
+    # Block methods (core/blocks.py) take whole FFN blocks; their other targets get plain Linears.
+    blocks, targets = split_block_targets(model, targets, cls)
+    linear_cls = adapter_class(cls.linear_method) if blocks else cls
+    state = RoutingState(input_embedding_of(model))  # embeddings for model-level encoders
+    built: dict[str, AdaptedLinear | AdaptedBlock] = {}
+    depth = layer_indices([n for n, _ in targets] + [b.name for b in blocks])
     num_layers = max((d for d in depth.values() if d is not None), default=-1) + 1
     for name, module in targets:  # build everything first: errors leave the model untouched
         module_config = config.for_module(name)
         context = LayerContext(name, state, depth[name], num_layers)
         d_in, d_out = layer_features(module)
-        adapter: Adapter = cls(d_in, d_out, module_config, context)
+        adapter: Adapter = linear_cls(d_in, d_out, module_config, context)
         adapter.to(device=module.weight.device)
         built[name] = AdaptedLinear(module, adapter, module_config.dropout)
+    for block in blocks:
+        context = LayerContext(block.name, state, depth[block.name], num_layers)
+        built[block.name] = build_block(cls, block, config.for_module(block.name), context)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -171,7 +183,9 @@ def _checkpointing(model: nn.Module) -> bool:
 def _make_pre_hook(state: RoutingState, layers: list[AdaptedLinear]):
     def hook(module, args, kwargs):
         mask = kwargs.get("attention_mask")
-        state.begin_forward(mask if isinstance(mask, torch.Tensor) else None)
+        state.begin_forward(
+            mask if isinstance(mask, torch.Tensor) else None, model_inputs(args, kwargs)
+        )
         if torch.is_grad_enabled() and not _checkpointing(module):
             prepare_layers(layers, state.current.scratch)
 
@@ -198,8 +212,9 @@ def _forget(model: nn.Module, inj: Injection) -> None:
     delattr(model, STATE_ATTR)
 
 
-def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:
-    """``{module_name: AdaptedLinear}`` for every adapted module."""
+def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear | AdaptedBlock]:
+    """``{module_name: AdaptedLinear | AdaptedBlock}`` for every adapted module (blocks for
+    block-level methods such as MixLoRA; see :mod:`.blocks`)."""
     return dict(require_injection(model).layers)
 
 

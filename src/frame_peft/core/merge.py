@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .adapter import AdaptedLinear, NotMergeableError
+from .blocks import AdaptedBlock
 from .inject import STATE_ATTR, _forget, require_injection
 
 
@@ -26,7 +27,8 @@ def merge_weight(weight: torch.Tensor, delta: torch.Tensor, transposed: bool) ->
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and return the plain base model.
 
-    Exact for LoRA and for one-expert mixtures (including one-expert FRAME). Raises
+    Exact for LoRA and for one-expert mixtures (including one-expert FRAME and one-expert
+    MixLoRA, whose block folds into its gate/up/down projections). Raises
     :class:`~frame_peft.core.adapter.NotMergeableError` before touching anything otherwise.
     """
     inj = require_injection(model)
@@ -35,12 +37,21 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         deltas = {}
         for name, layer in inj.layers.items():
             try:
-                deltas[name] = layer.adapter.delta_weight()
+                if isinstance(layer, AdaptedBlock):  # {child Linear: ΔW}
+                    deltas[name] = layer.adapter.block_deltas()
+                else:
+                    deltas[name] = layer.adapter.delta_weight()
             except NotMergeableError as err:
                 raise NotMergeableError(f"cannot merge: {err}. Nothing was changed.") from err
         for name, layer in inj.layers.items():
             base = layer.base_layer
-            base.weight.data = merge_weight(base.weight.data, deltas[name], _is_conv1d(layer))
+            if isinstance(layer, AdaptedBlock):
+                for child, delta in deltas[name].items():
+                    lin = base.get_submodule(child)
+                    transposed = not isinstance(lin, nn.Linear)
+                    lin.weight.data = merge_weight(lin.weight.data, delta, transposed)
+            else:
+                base.weight.data = merge_weight(base.weight.data, deltas[name], _is_conv1d(layer))
             parent_name, _, child = name.rpartition(".")
             setattr(target.get_submodule(parent_name), child, base)
     _forget(target, inj)

@@ -15,6 +15,7 @@ from _adapters import adapters, assert_equals_reference, inputs, perturb
 from _models import MODELS, TARGETS, batch
 from frame_peft.core.adapter import build_adapter
 from frame_peft.methods.flylora import FlyLoRAConfig
+from frame_peft.methods.flylora.layer import nonzeros_per_row
 
 U = 1e-3
 
@@ -46,14 +47,18 @@ def test_sparse_a_exact_nonzeros_and_scale():
     model = build("llama", rank=8, top_k=2)
     values = []
     for a in adapters(model).values():
-        p = round(a.in_features * 2 / 8)
+        p = a.in_features // (8 // 2)  # the authors' training code: d_in // (r // k)
         assert a.nonzeros == p
         assert ((a.A != 0).sum(dim=1) == p).all()
         values.append(a.A[a.A != 0])
     std = torch.cat(values).std()
     assert 0.7 / 8 < std < 1.3 / 8  # N(0, 1/r²)
-    a = make_adapter(d_in=10, rank=4, top_k=3)  # p = round(7.5) = 8
-    assert ((a.A != 0).sum(dim=1) == 8).all()
+    # d_in = 10, r = 4, k = 3: 10 // (4 // 3) = 10, int(10 · 0.75) = 7, round(7.5) = 8
+    for rule, p in (("integer_ratio", 10), ("floor", 7), ("round", 8)):
+        a = make_adapter(d_in=10, rank=4, top_k=3, nonzeros_rule=rule)
+        assert a.nonzeros == p == nonzeros_per_row(10, 4, 3, rule)
+        assert ((a.A != 0).sum(dim=1) == p).all()
+    assert nonzeros_per_row(3, 32, 1, "floor") == 1  # at least one non-zero per row
 
 
 def test_frozen_a_reproducible_per_module_and_seed(tmp_path):
@@ -92,20 +97,46 @@ def _balanced_case():
 
 def test_bias_moves_toward_balance_in_training_only():
     a, x = _balanced_case()
-    a.train()
-    with torch.no_grad():
-        a(x, x)
-        a.eval()
-        a(x, x)
     a.eval()
-    a(x, x).sum().backward()
-    assert torch.equal(a.rank_bias, torch.zeros(4))  # eval and no-grad never move b
+    a(x, x).sum().backward()  # eval with grad on
+    with torch.no_grad():
+        a(x, x)  # eval without grad
+    assert torch.equal(a.rank_bias, torch.zeros(4))  # evaluation never moves b
     a.train()
     a(x, x)
     # counts c = (6, 3, 3, 0), mean 3: b = u · sign(3 − c)
     assert torch.equal(a.rank_bias, torch.tensor([-U, 0.0, 0.0, U]))
-    a(x, x)
+    with torch.no_grad():
+        a(x, x)  # a training forward moves b whatever the grad mode
     assert torch.equal(a.rank_bias, torch.tensor([-2 * U, 0.0, 0.0, 2 * U]))
+
+
+def test_checkpoint_recompute_moves_bias_again():
+    """Activation checkpointing re-runs the forward in training mode: b moves twice a step (as
+    in the authors' runs, which used non-reentrant gradient checkpointing)."""
+    from torch.utils.checkpoint import checkpoint
+
+    for reentrant in (False, True):
+        a, x = _balanced_case()
+        with torch.no_grad():
+            a.B.normal_()
+        a.train()
+        x = x.requires_grad_()
+        checkpoint(a, x, x, use_reentrant=reentrant).sum().backward()
+        assert torch.equal(a.rank_bias, torch.tensor([-2 * U, 0.0, 0.0, 2 * U]))
+
+
+def test_detach_input_cuts_the_gradient_to_x_only():
+    x = torch.randn(5, 12)
+    for detach in (True, False):
+        a = make_adapter(rank=8, top_k=3, detach_input=detach)
+        with torch.no_grad():
+            a.B.normal_()
+        xi = x.clone().requires_grad_()
+        a(xi, xi).square().sum().backward()
+        assert a.B.grad is not None and a.B.grad.abs().sum() > 0
+        assert (xi.grad is None) == detach
+    assert FlyLoRAConfig().detach_input is True
 
 
 def test_bias_update_excludes_padding():
@@ -133,18 +164,36 @@ def test_training_forward_moves_bias_in_model():
     del out
 
 
-def test_selection_keeps_exactly_k_ranks():
-    a = make_adapter(rank=8, top_k=3)
+@pytest.mark.parametrize("selection", ["signed", "abs"])
+def test_selection_keeps_exactly_k_ranks(selection):
+    a = make_adapter(rank=8, top_k=3, selection=selection)
     with torch.no_grad():
         a.B.copy_(torch.eye(20, 8))  # Δy[:8] = scale · (y_A ⊙ m)
+        a.rank_bias.copy_(torch.linspace(-0.2, 0.2, 8))
+    a.eval()
     x = torch.randn(4, 12)
     out = a(x, x)[:, :8] / a.scale
     kept = out != 0
     assert (kept.sum(dim=1) == 3).all()
     y = x @ a.A.T
-    top = y.abs().topk(3, dim=1).indices
+    score = y + a.rank_bias
+    score = score.abs() if selection == "abs" else score
+    top = score.topk(3, dim=1).indices
     assert torch.equal(kept, torch.zeros_like(kept).scatter(1, top, True))
     torch.testing.assert_close(out[kept], y[kept])
+
+
+def test_signed_and_abs_selection_differ_on_negative_activations():
+    a = make_adapter(d_in=4, rank=4, top_k=1)
+    b = make_adapter(d_in=4, rank=4, top_k=1, selection="abs")
+    for ad in (a, b):
+        with torch.no_grad():
+            ad.A.copy_(torch.eye(4))
+            ad.B.copy_(torch.eye(20, 4))
+        ad.eval()
+    x = torch.tensor([[-3.0, 1.0, 0.0, 0.0]])
+    assert a(x, x)[0, :4].nonzero().flatten().tolist() == [1]  # largest signed value
+    assert b(x, x)[0, :4].nonzero().flatten().tolist() == [0]  # largest magnitude
 
 
 def test_merge_refuses_k_below_r_and_is_exact_for_k_equal_r():
@@ -166,6 +215,7 @@ def test_config_roundtrip_and_defaults():
     assert fp.config_from_dict(cfg.to_dict()) == cfg
     d = FlyLoRAConfig()
     assert (d.rank, d.top_k, d.bias_update_rate) == (32, 8, 1e-3)
+    assert (d.selection, d.nonzeros_rule, d.detach_input) == ("signed", "integer_ratio", True)
     assert d.for_module("x").alpha == 64.0
 
 
@@ -180,6 +230,9 @@ def test_config_roundtrip_and_defaults():
         ({"bias_update_rate": "1e-3"}, "bias_update_rate must be a finite number > 0"),
         ({"seed": -1}, "seed must be an integer >= 0"),
         ({"seed": 1.5}, "seed must be an integer >= 0"),
+        ({"selection": "magnitude"}, "selection must be one of"),
+        ({"nonzeros_rule": "ceil"}, "nonzeros_rule must be one of"),
+        ({"detach_input": 1}, "detach_input must be True or False"),
         ({"overrides": {"q_proj": {"top_k": 16}}}, "cannot exceed rank"),
         ({"overrides": {"q_proj": {"num_experts": 2}}}, "cannot be set per module"),
     ],

@@ -280,3 +280,28 @@ def test_unsupported_architectures_are_refused_by_name():
     fp.inject(llama, _config())
     with pytest.raises(ValueError, match="already has frame-peft adapters"):
         fp.inject(llama, _config())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_llama()
+    fp.inject(model, _config())
+    _randomize(model)
+    model.train()
+    b = batch()
+
+    def grads():
+        model.zero_grad()
+        out = model(**b)
+        (out.loss + fp.aux_loss(model)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = grads()
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g, atol=1e-6, rtol=1e-5)
+
+
+def test_block_adapters_are_not_built_standalone_as_linears():
+    with pytest.raises(TypeError, match="adapts a whole block"):
+        fp.build_adapter(_config(), 32, 32)

@@ -91,6 +91,12 @@ class BlockAdapter(Adapter):
         config: AdapterConfig,
         context: LayerContext,
     ) -> None:
+        if not isinstance(block, nn.Module):
+            raise TypeError(
+                f"{type(self).__name__} adapts a whole block: build it as "
+                f"{type(self).__name__}(block, targets, config, context) or through "
+                "frame_peft.inject; fp.build_adapter builds per-Linear adapters only"
+            )
         kind = BLOCK_KINDS[self.block_kind]
         d_in, d_out = kind.features(block)
         super().__init__(d_in, d_out, config, context)

@@ -34,7 +34,7 @@ def test_one_head_equals_lora(model_name):
 
     targets = TARGETS[model_name]
     lora = fp.LoRAConfig(target_modules=targets, rank=4, dropout=0.0)
-    hydra = make_config(targets, num_experts=1, rank=4)
+    hydra = make_config(targets, num_experts=1, rank=4, alpha=8.0)  # LoRA's α = 2r
     assert_equals_reference(model_name, hydra, lora, copy, moved=1e-3)
 
 
@@ -104,12 +104,27 @@ def test_switch_loss_excludes_padding():
 def test_config_roundtrip_and_defaults():
     cfg = make_config(num_experts=4, aux_loss="switch")
     assert fp.config_from_dict(cfg.to_dict()) == cfg
-    d = HydraLoRAConfig()
-    assert (d.num_experts, d.rank, d.aux_loss) == (3, 8, "none")
+    d = HydraLoRAConfig()  # the authors' fine-tuning.sh: 4 heads, r = 4, α = 32
+    assert (d.num_experts, d.rank, d.alpha, d.aux_loss) == (4, 4, 32.0, "none")
+    assert d.router_init == "kaiming_uniform"
     s = HydraLoRAConfig(overrides={r"layers\.0\.": {"num_experts": 1}}).for_module(
         "model.layers.0.self_attn.q_proj"
     )
-    assert s.num_experts == 1 and s.alpha == 16.0
+    assert s.num_experts == 1 and s.alpha == 32.0 and s.scale == 8.0
+    assert HydraLoRAConfig(alpha=None).for_module("m").alpha == 8.0  # library-wide 2·rank
+
+
+@pytest.mark.parametrize("init", ["kaiming_uniform", "normal"])
+def test_router_init(init):
+    d_in = 400
+    a = build_adapter(make_config(router_init=init, num_experts=8), d_in, 16, "m")
+    w = a.router.weight.detach()
+    assert w.dtype == torch.float32 and a.router.weight.shape == (8, d_in)
+    if init == "kaiming_uniform":  # U(−1/√d_in, 1/√d_in): std 1/√(3 d_in)
+        assert w.abs().max() <= d_in**-0.5
+        assert abs(float(w.std()) - (3 * d_in) ** -0.5) < 0.1 * (3 * d_in) ** -0.5
+    else:
+        assert abs(float(w.std()) - 0.02) < 0.002
 
 
 @pytest.mark.parametrize(
@@ -122,6 +137,7 @@ def test_config_roundtrip_and_defaults():
         ({"aux_loss_coef": -1.0}, "aux_loss_coef must be a number >= 0"),
         ({"z_loss_coef": "x"}, "z_loss_coef must be a number >= 0"),
         ({"router_jitter": 1.0}, r"router_jitter must be in \[0, 1\)"),
+        ({"router_init": "zeros"}, "router_init must be one of"),
         ({"overrides": {"q_proj": {"num_experts": -1}}}, "num_experts must be a positive"),
         ({"overrides": {"q_proj": {"top_k": 1}}}, "cannot be set per module"),
     ],

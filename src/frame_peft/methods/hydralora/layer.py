@@ -1,9 +1,11 @@
 """HydraLoRA: one shared down-projection A and E up-projection heads B_e, densely gated.
 
-Shapes: A (r, d_in) Kaiming-uniform, B (E, d_out, r) zero, router W_g (E, d_in) float32. For T
-tokens x (T, d_in) with dense softmax gates ``g = softmax(x W_gᵀ)`` (T, E)::
+Shapes: A (r, d_in) Kaiming-uniform, B (E, d_out, r) zero, router W_g (E, d_in) float32, no bias,
+initialised U(−1/√d_in, 1/√d_in) as the authors' ``nn.Linear`` router (``router_init="normal"``:
+N(0, 0.02)). For T tokens with adapter input x (T, d_in) (after dropout) and clean router input
+x̄ (T, d_in), dense softmax gates ``g = softmax(x̄ W_gᵀ)`` (T, E), no temperature::
 
-    Δy_t = (α/r) Σ_e g_{t,e} · B_e A x_t
+    Δy_t = (α/r) Σ_e g_{t,e} · B_e A x_t         (defaults E = 4, r = 4, α = 32)
 
 Fast path (no loop over heads): ``h = x Aᵀ`` (T, r) once, since A is shared; then the gate-scaled
 copies ``h̃ = (h[:, None, :] ⊙ g[..., None]).reshape(T, E·r)`` and one matmul with the packed
@@ -43,6 +45,9 @@ class HydraLoRAAdapter(RoutedAdapter):
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.router = self.make_router()
+        if config.router_init == "kaiming_uniform":  # the authors' nn.Linear(d_in, E, bias=False)
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(self.router.weight, a=math.sqrt(5))
 
     def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` per head: the shared A repeated, (E, r, d_in), and the heads (E, d_out, r)."""

@@ -10,6 +10,28 @@ mean router probability:
 - router z-loss:       ``L = (1/n) Σ_t m_t · logsumexp(logits_t)²``
 
 ``f`` counts are not differentiable (as in Switch); gradients flow through ``P`` and the logits.
+
+Convention (which normalisation, and what a coefficient means). For T valid tokens routed to k of
+E experts, with ``c_e`` the number of tokens that chose e among their k (``Σ_e c_e = T·k``):
+
+- ours: ``f_e = c_e / (T·k)`` (share of routed slots), ``L = E · Σ_e f_e P_e``. It is 1 at
+  perfect balance for every k, and exactly the Switch Transformer loss (Fedus et al. 2021,
+  top-1, ``α = 10⁻²``) at k = 1. A dense router (k = E) counts each token's most probable expert
+  (k = 1), since its slot shares are uniform by construction.
+- Mixtral / MoE-PEFT (``load_balancing_loss_func`` in Hugging Face ``modeling_mixtral.py``;
+  ``_mixtral_load_balancing_loss_func`` in TUDB-Labs/MoE-PEFT ``moe_peft/adapters/mixlora/
+  model.py``): ``tokens_per_expert`` is the mean over tokens of the (T, k, E) one-hot choices,
+  i.e. ``c_e / T`` summed over the k positions, so ``L_mixtral = E · Σ_e (c_e/T) P_e
+  = k · L_ours`` exactly (k at perfect balance; tests/test_loss_conventions.py). MoE-PEFT also
+  pools the router logits of all layers before the loss (one ``f``, ``P`` over every layer's
+  tokens) where we take the mean of per-module losses; the factor k holds per module.
+
+So a coefficient c on their loss equals ``k · c`` on ours: MoE-PEFT's default
+``router_aux_loss_coef = 0.001`` (k = 2) is 0.002 here, and our 0.01 (the Switch value, the default
+of MoE-LoRA, FRAME, FourierMoE and HydraLoRA's optional Switch loss) is 0.005 on Mixtral's scale.
+We keep the Switch normalisation and its 0.01 (it does not change with k, and the recorded
+synthetic results use it); a method ported with the Mixtral loss says so and keeps its authors'
+coefficient on their own normalisation.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from _common import machine_info, quartiles
 from _layer_methods import METHODS
+from frame_peft._tables import markdown_table
 
 # Targets of issue 7 on fwd+bwd time (ratios of medians)
 FRAME_VS_MOE = 1.10  # FRAME (chirp) / MoE-LoRA
@@ -93,37 +94,36 @@ def main_table(
     base = times["base"]["step"]
     med = {m: (quartiles(t["fwd"])[1], quartiles(t["step"])[1]) for m, t in times.items()}
     moe, bas = med.get("moe_lora", (None, None)), med["base"]
-    rows = [
-        "| method | config | trainable | active / token | vs target | fwd ms | fwd+bwd ms "
-        "[IQR] | overhead vs base ms (paired) | fwd+bwd × MoE-LoRA | fwd+bwd × base | fwd × base "
-        "| step peak MiB | peak × MoE-LoRA | peak × base |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    headers = [
+        "method", "config", "trainable", "active / token", "vs target", "fwd ms",
+        "fwd+bwd ms [IQR]", "overhead vs base ms (paired)", "fwd+bwd × MoE-LoRA",
+        "fwd+bwd × base", "fwd × base", "step peak MiB", "peak × MoE-LoRA", "peak × base",
+    ]  # fmt: skip
+    rows = []
     for m, c in counts.items():
         miss = "—" if m == "base" else f"{100 * (c['active_per_token'] - target) / target:+.2f} %"
         p = mem.get(m)
-        peak = "— | — | —"
+        peak = ["—"] * 3
         if p is not None:
-            peak = f"{p:.0f} | {_ratio(p, mem.get('moe_lora'))} | {_ratio(p, mem.get('base'))}"
-        head = (
-            f"| {METHODS[m].label} | {METHODS[m].describe(knobs.get(m))} | {c['trainable']:,} "
-            f"| {c['active_per_token']:,} | {miss} "
-        )
+            peak = [f"{p:.0f}", _ratio(p, mem.get("moe_lora")), _ratio(p, mem.get("base"))]
+        head = [
+            METHODS[m].label, METHODS[m].describe(knobs.get(m)), f"{c['trainable']:,}",
+            f"{c['active_per_token']:,}", miss,
+        ]  # fmt: skip
         if m in skipped or m not in times:
             why = skipped.get(m, "not run")
-            rows.append(head + f"| — | not timed: {why} | — | — | — | — | {peak} |")
+            rows.append([*head, "—", f"not timed: {why}", *["—"] * 4, *peak])
             continue
         q1, md, q3 = quartiles(times[m]["step"])
         over = "—"
         if m != "base":
             d = quartiles([a - b for a, b in zip(times[m]["step"], base, strict=True)])
             over = f"{d[1]:+.0f} [{d[0]:+.0f}, {d[2]:+.0f}]"
-        rows.append(
-            head + f"| {ms(med[m][0])} | {ms(md)} [{ms(q1)}, {ms(q3)}] | {over} "
-            f"| {_ratio(md, moe[1])} | {_ratio(md, bas[1])} | {_ratio(med[m][0], bas[0])} "
-            f"| {peak} |"
-        )
-    return "\n".join(rows)
+        rows.append([
+            *head, ms(med[m][0]), f"{ms(md)} [{ms(q1)}, {ms(q3)}]", over, _ratio(md, moe[1]),
+            _ratio(md, bas[1]), _ratio(med[m][0], bas[0]), *peak,
+        ])  # fmt: skip
+    return markdown_table(headers, rows, align="llrrrrrrrrrrrr")
 
 
 def cell_table(cell: dict) -> str:
@@ -137,10 +137,7 @@ def cell_table(cell: dict) -> str:
 def summary_table(cells: list[dict]) -> str:
     """Methods × cells: median fwd+bwd ms (× MoE-LoRA, × base); step peak MiB (× base)."""
     heads = [f"{c['shape'][0]}×{c['shape'][1]}, T={c['tokens']}" for c in cells]
-    rows = [
-        "| method | " + " | ".join(heads) + " |",
-        "|---|" + "---:|" * len(cells),
-    ]
+    rows = []
     names = [m for m in METHODS if any(m in c["counts"] for c in cells)]
     for m in names:
         out = []
@@ -156,8 +153,8 @@ def summary_table(cells: list[dict]) -> str:
             if p is not None:
                 text += f"; {p:.0f} MiB ({_ratio(p, c['memory'].get('base'))})"
             out.append(text)
-        rows.append(f"| {METHODS[m].label} | " + " | ".join(out) + " |")
-    return "\n".join(rows)
+        rows.append([METHODS[m].label, *out])
+    return markdown_table(["method", *heads], rows, align="l" + "r" * len(cells))
 
 
 class Target(NamedTuple):
@@ -209,46 +206,41 @@ def targets(cells: list[dict]) -> list[Target]:
 
 
 def targets_table(rows: list[Target]) -> str:
-    lines = [
-        "| target | cell | measured (ratio of medians, fwd+bwd) | threshold | verdict | detail |",
-        "|---|---|---:|---|---|---|",
-    ]
-    for r in rows:
-        verdict = "**PASS**" if r.ok else "**FAIL**"
-        lines.append(
-            f"| {r.name} | {r.cell} | {r.measured:.3f} | {r.threshold} | {verdict} | {r.detail} |"
-        )
-    return "\n".join(lines)
+    headers = [
+        "target", "cell", "measured (ratio of medians, fwd+bwd)", "threshold", "verdict", "detail",
+    ]  # fmt: skip
+    cells = [
+        [r.name, r.cell, f"{r.measured:.3f}", r.threshold, "**PASS**" if r.ok else "**FAIL**",
+         r.detail]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_table(headers, cells, align="llr")
 
 
 def gap_table(res: dict, knobs: dict, per_token: int, dw_times: list[float], shape) -> str:
     """``res``: {T: {method: {"fwd": [...], "step": [...]}}}; a method over the cap is absent."""
     d_in, d_out = shape
     tokens = list(res)
-    cols = " | ".join(f"T={t}: fwd / fwd+bwd ms | T={t}: overhead ms" for t in tokens)
-    rows = [f"| method | config | coefficients / token | {cols} |"]
-    rows.append("|---|---|---:|" + "---:|---:|" * len(tokens))
+    cols = [c for t in tokens for c in (f"T={t}: fwd / fwd+bwd ms", f"T={t}: overhead ms")]
+    rows = []
     overhead = {}
     for m in ("base", "fouriermoe", "peft_fourierft"):
         cells = []
         for t in tokens:
             if m not in res[t]:
-                cells.append("not timed | —")
+                cells += ["not timed", "—"]
                 continue
             tm, base = res[t][m], res[t]["base"]["step"]
             o = quartiles([a - b for a, b in zip(tm["step"], base, strict=True)])[1]
             overhead[(m, t)] = o
-            cells.append(
-                f"{quartiles(tm['fwd'])[1]:.0f} / {quartiles(tm['step'])[1]:.0f} | "
-                + ("—" if m == "base" else f"{o:+.0f}")
-            )
+            cells += [
+                f"{quartiles(tm['fwd'])[1]:.0f} / {quartiles(tm['step'])[1]:.0f}",
+                "—" if m == "base" else f"{o:+.0f}",
+            ]
         coeffs = 0 if m == "base" else per_token
-        rows.append(
-            f"| {METHODS[m].label} | {METHODS[m].describe(knobs.get(m))} | {coeffs:,} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    lines = ["\n".join(rows), ""]
+        rows.append([METHODS[m].label, METHODS[m].describe(knobs.get(m)), f"{coeffs:,}", *cells])
+    headers = ["method", "config", "coefficients / token", *cols]
+    lines = [markdown_table(headers, rows, align="llr" + "rr" * len(tokens)), ""]
     for t in tokens:
         ft, moe = overhead.get(("peft_fourierft", t)), overhead.get(("fouriermoe", t))
         if ft is None or moe is None:

@@ -39,6 +39,7 @@ from _layer_methods import METHODS, build
 from _layer_report import git_state
 from _lm import build_method, load_model
 from bench_layers import shared_weight
+from frame_peft._tables import markdown_table
 from frame_peft.methods.frame.layer import FrameAdapter
 
 HERE = Path(__file__).resolve().parent
@@ -160,28 +161,31 @@ def render(res: dict) -> str:
     for d, r in res["layers"].items():
         cached = quartiles(r["times"]["frame_cached"])[1]
         base = quartiles(r["times"]["base"])[1]
+        rows = []
+        for name, ts in r["times"].items():
+            q1, md, q3 = quartiles(ts)
+            rows.append(
+                [LABELS[name], f"{md:.1f} [{q1:.1f}, {q3:.1f}]", f"{md / base:.2f}",
+                 f"{md / cached:.2f}"]
+            )  # fmt: skip
         lines += [
             f"### d = {d} ({r['inner']} calls per timing; max |cached − recomputed| output "
             f"difference {r['max_diff']:.2e})", "",
-            "| variant | µs per token [IQR] | × base | × FRAME cached |", "|---|---:|---:|---:|",
+            markdown_table(["variant", "µs per token [IQR]", "× base", "× FRAME cached"], rows,
+                           align="lrrr"),
+            "",
         ]  # fmt: skip
-        for name, ts in r["times"].items():
-            q1, md, q3 = quartiles(ts)
-            lines.append(
-                f"| {LABELS[name]} | {md:.1f} [{q1:.1f}, {q3:.1f}] | {md / base:.2f} "
-                f"| {md / cached:.2f} |"
-            )
-        lines.append("")
     gen = res["generate"]
+    cached = quartiles(gen["tokens_per_s"]["frame_cached"])[1]
+    rows = []
+    for name, ts in gen["tokens_per_s"].items():
+        q1, md, q3 = quartiles(ts)
+        rows.append([LABELS[name], f"{md:.1f} [{q1:.1f}, {q3:.1f}]", f"{md / cached:.2f}"])
     lines += [
         f"## generate: {gen['model']}", "",
         f"Greedy, prompt {gen['prompt']} tokens, exactly {gen['new']} new tokens, batch 1.", "",
-        "| variant | tokens/s [IQR] | × FRAME cached |", "|---|---:|---:|",
+        markdown_table(["variant", "tokens/s [IQR]", "× FRAME cached"], rows, align="lrr"),
     ]  # fmt: skip
-    cached = quartiles(gen["tokens_per_s"]["frame_cached"])[1]
-    for name, ts in gen["tokens_per_s"].items():
-        q1, md, q3 = quartiles(ts)
-        lines.append(f"| {LABELS[name]} | {md:.1f} [{q1:.1f}, {q3:.1f}] | {md / cached:.2f} |")
     return "\n".join([*lines, ""])
 
 

@@ -54,6 +54,7 @@ from _common import (
 from _layer_methods import METHODS
 from _layer_report import FRAME_VS_MOE, FRAME_VS_PEFT_LORA, LORA_VS_PEFT, git_state
 from _lm import LINEARS, build_method, load_model, match_model_budgets
+from frame_peft._tables import markdown_table
 from frame_peft.peft_bridge import aux_loss, count_parameters
 
 HERE = Path(__file__).resolve().parent
@@ -171,33 +172,34 @@ def check_targets(times: dict) -> list[dict]:
 def render(res: dict) -> str:
     tok = res["batch"] * res["seq_len"]
     moe = quartiles(res["times"]["moe_lora"]["step"])[1] if "moe_lora" in res["times"] else None
-    rows = [
-        "| method | config | trainable | active / token | vs target | fwd ms | fwd+bwd ms "
-        "| step ms [IQR] | steps/s | tokens/s | step × MoE-LoRA | peak RSS MiB | step extra MiB "
-        "| adapter + optimizer MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    headers = [
+        "method", "config", "trainable", "active / token", "vs target", "fwd ms", "fwd+bwd ms",
+        "step ms [IQR]", "steps/s", "tokens/s", "step × MoE-LoRA", "peak RSS MiB",
+        "step extra MiB", "adapter + optimizer MiB",
+    ]  # fmt: skip
+    rows = []
     for m, t in res["times"].items():
         q1, md, q3 = quartiles(t["step"])
         c, mem = res["counts"][m], res["memory"].get(m)
         miss = c["active_per_token"] / res["target"] - 1
         miss = "—" if m == "base" else f"{100 * miss:+.1f} %"
         mem_cells = (
-            f"{mem['peak_rss']:.0f} | {mem['step_extra']:.0f} | {mem['resident']:.0f}"
-            if mem else "— | — | —"
+            [f"{mem['peak_rss']:.0f}", f"{mem['step_extra']:.0f}", f"{mem['resident']:.0f}"]
+            if mem else ["—"] * 3
         )  # fmt: skip
-        rows.append(
-            f"| {LABELS[m]} | {METHODS[m].describe(res['knobs'][m])} | {c['trainable']:,} "
-            f"| {c['active_per_token']:,} | {miss} | {quartiles(t['fwd'])[1]:.0f} "
-            f"| {quartiles(t['fwd_bwd'])[1]:.0f} | {md:.0f} [{q1:.0f}, {q3:.0f}] "
-            f"| {1e3 / md:.3f} | {tok * 1e3 / md:.0f} | {md / moe:.3f} | {mem_cells} |"
-        )
+        rows.append([
+            LABELS[m], METHODS[m].describe(res["knobs"][m]), f"{c['trainable']:,}",
+            f"{c['active_per_token']:,}", miss, f"{quartiles(t['fwd'])[1]:.0f}",
+            f"{quartiles(t['fwd_bwd'])[1]:.0f}", f"{md:.0f} [{q1:.0f}, {q3:.0f}]",
+            f"{1e3 / md:.3f}", f"{tok * 1e3 / md:.0f}", f"{md / moe:.3f}", *mem_cells,
+        ])  # fmt: skip
     checks = [
-        f"| {c['target']} | {c['measured']:.3f} | {c['threshold']} "
-        f"| {'**PASS**' if c['pass'] else '**FAIL**'} | paired ratio median {c['paired'][1]:.3f} "
-        f"[IQR {c['paired'][0]:.3f}, {c['paired'][2]:.3f}]; fastest rounds {c['fastest']:.3f} |"
+        [c["target"], f"{c['measured']:.3f}", c["threshold"],
+         "**PASS**" if c["pass"] else "**FAIL**",
+         f"paired ratio median {c['paired'][1]:.3f} [IQR {c['paired'][0]:.3f}, "
+         f"{c['paired'][2]:.3f}]; fastest rounds {c['fastest']:.3f}"]
         for c in res["targets"]
-    ]
+    ]  # fmt: skip
     load = "; ".join(f"{k}: " + ", ".join(f"{x:.2f}" for x in v) for k, v in res["load"].items())
     return "\n".join([
         "# End-to-end training steps: every method on all Linears of the model",
@@ -215,8 +217,9 @@ def render(res: dict) -> str:
         "this model (router included); *active / token* is each method's count "
         "(`count_parameters`).",
         "", "## Targets (whole optimizer step, ratio of medians)", "",
-        "| target | measured | threshold | verdict | detail |", "|---|---:|---|---|---|", *checks,
-        "", "## Results", "", *rows, "",
+        markdown_table(["target", "measured", "threshold", "verdict", "detail"], checks,
+                       align="lr"),
+        "", "## Results", "", markdown_table(headers, rows, align="llrrrrrrrrrrrr"), "",
     ])  # fmt: skip
 
 

@@ -38,6 +38,7 @@ import frame_peft as fp
 from _common import command_line, int_list, machine_info, wants_quick, write_results
 from _layer_report import git_state
 from bench_scaling import fit_exponent
+from frame_peft._tables import markdown_table
 from frame_peft.methods.frame.scan import ScanSettings, scan_module
 from frame_peft.methods.frame.scan_stats import TokenStats
 
@@ -152,42 +153,52 @@ def main(argv: list[str] | None = None) -> int:
         f"tokens; median of {args.repeats} run(s) of `scan_module` (targets, sketch, screen at "
         "d + 1 orders, full fits, refinement). Seconds:",
         "",
-        "| basis | q | "
-        + " | ".join(f"d = {d}" for d in args.dims)
-        + " | fitted p (all) | p (3 widest) |",
-        "|---|---|" + "---:|" * (len(args.dims) + 2),
-    ]
-    for basis, q, series, fit, top in rows:
-        p = "–" if fit is None else f"{fit[0]:.2f}"
-        p3 = "–" if top is None else f"{top[0]:.2f}"
-        lines.append(f"| {basis} | {q} | " + " | ".join(f"{t:.3f}" for t in series)
-                     + f" | {p} | {p3} |")  # fmt: skip
+        markdown_table(
+            ["basis", "q", *(f"d = {d}" for d in args.dims), "fitted p (all)", "p (3 widest)"],
+            [
+                [basis, q, *(f"{t:.3f}" for t in series),
+                 "–" if fit is None else f"{fit[0]:.2f}", "–" if top is None else f"{top[0]:.2f}"]
+                for basis, q, series, fit, top in rows
+            ],
+            align="ll" + "r" * (len(args.dims) + 2),
+        ),
+    ]  # fmt: skip
     lines += [
         "", "## Screen density: planted orders found", "",
         f"d = {grid_dim}, {args.grid_trials} trials of 4 experts with rank-2 targets planted at "
         "uniform random orders (isotropic inputs, one expert per token): share of experts whose "
         "best order lies within 0.26/d of the planted one (the 1/(8d) refinement grid plus "
         "rounding), and the worst error in units of 1/d.", "",
-        "| screen candidates per 1/d | found | worst error (1/d) |", "|---:|---:|---:|",
-        *[f"| {g} | {v['found']:.3f} | {v['worst']:.2f} |" for g, v in grids.items()],
+        markdown_table(
+            ["screen candidates per 1/d", "found", "worst error (1/d)"],
+            [[g, f"{v['found']:.3f}", f"{v['worst']:.2f}"] for g, v in grids.items()],
+            align="rrr",
+        ),
     ]  # fmt: skip
     lines += ["", "## Projection to LLaMA-3.1-8B widths (extrapolated, not measured)", "",
               "The curve `t = exp(c)·d^p` fitted to the three widest measured widths of each "
               "(basis, q), evaluated at the LLaMA widths (one thread of this CPU) and multiplied "
               "by the number of such modules. No GPU was measured: the scan runs the same batched "
-              "FFTs and small matrix products on one, at an unmeasured speed.", "",
-              "| basis | q | " + " | ".join(LLAMA) + " | all 224 modules, one scan |",
-              "|---|---|" + "---:|" * (len(LLAMA) + 1)]  # fmt: skip
+              "FFTs and small matrix products on one, at an unmeasured speed.", ""]  # fmt: skip
     import math
 
+    projected = []
     for basis, q, _, _, top in rows:
         if top is None:
             continue
         p, c, _ = top
         per = {k: math.exp(c) * d**p for k, (d, _) in LLAMA.items()}
         total = sum(per[k] * n for k, (_, n) in LLAMA.items())
-        cells = " | ".join(f"{v:.0f} s per module" for v in per.values())
-        lines.append(f"| {basis} | {q} | {cells} | {total / 3600:.1f} h |")
+        projected.append(
+            [basis, q, *(f"{v:.0f} s per module" for v in per.values()), f"{total / 3600:.1f} h"]
+        )
+    lines.append(
+        markdown_table(
+            ["basis", "q", *LLAMA, "all 224 modules, one scan"],
+            projected,
+            align="ll" + "r" * (len(LLAMA) + 1),
+        )
+    )
     page = "\n".join(lines) + "\n"
     write_results(args.out, page, {"command": cmd, "results": results})
     print(page)

@@ -29,10 +29,12 @@ from pathlib import Path
 
 import torch
 
+from frame_peft._tables import markdown_table
 from frame_peft.transforms import dfrft, dfrft_basis, dfrft_matrix, frft
 from frame_peft.transforms import exact as exact_mod
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transforms.md"
+HEADERS = ["N", "batch", "method", "fwd+bwd (ms)", "ratio to frft"]  # the results table
 ORDER = 0.7  # in (0.5, 1.5): torch-frft takes its single-pass branch there (fair to it)
 
 
@@ -147,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         results[n] = r
         base = r["frft"]
         for name, t in r.items():
-            rows.append(f"| {n} | {args.batch} | {name} | {t * 1e3:.1f} | {t / base:.1f}× |")
-        print(rows[-len(r) :], flush=True)
+            rows.append([n, args.batch, name, f"{t * 1e3:.1f}", f"{t / base:.1f}×"])
+        print(markdown_table(HEADERS, rows[-len(r) :]), flush=True)
     nf = max(args.sizes)
     basis_s = bench_basis(nf)
     fwd, fb, lin = bench_factor_path(nf, 8, 4, args.batch, max(args.repeats, 20))
@@ -212,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[1]:.2f} (5 min) on {os.cpu_count()} cores: the box is shared, so "
         "absolute times are noisy; ratios are more stable.",
         "",
-        "| N | batch | method | fwd+bwd (ms) | ratio to frft |",
-        "|---|---|---|---|---|",
-        *rows,
+        markdown_table(HEADERS, rows),
         "",
         f"Factor path, 8 experts × rank 4 rows, N = {nf}, one order per expert: forward "
         f"{fwd * 1e3:.3f} ms, forward+backward {fb * 1e3:.3f} ms; one {nf}×{nf} linear forward on "

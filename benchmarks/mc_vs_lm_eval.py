@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 
 from frame_peft import assets
+from frame_peft._tables import markdown_table
 from frame_peft.data import get_task
 from frame_peft.evaluation import evaluate_with_lm_eval, lm_eval_metrics, score_multiple_choice
 
 RESULTS = Path(__file__).parent / "results" / "mc_vs_lm_eval.md"
 
 
-def _row(name: str, metrics: dict, seconds: float) -> str:
-    return f"| {name} | {metrics['acc']:.4f} | {metrics['acc_norm']:.4f} | {seconds:.1f} |"
+def _row(name: str, metrics: dict, seconds: float) -> list[str]:
+    return [name, f"{metrics['acc']:.4f}", f"{metrics['acc_norm']:.4f}", f"{seconds:.1f}"]
 
 
 def main() -> None:
@@ -52,16 +53,21 @@ def main() -> None:
     mine = [ll for p in ours.predictions for ll in p["logliks"]]
     diff = max(abs(a - b) for a, b in zip(mine, theirs, strict=True))
 
+    table = markdown_table(
+        ["scorer", "acc", "acc_norm", "seconds"],
+        [
+            _row("frame_peft.evaluation", ours.metrics, ours_s),
+            _row("lm-eval (HFLM via the bridge)", theirs_metrics, lm_s),
+        ],
+        align="lrrr",
+    )
     text = f"""# Multiple-choice scoring: frame-peft vs lm-evaluation-harness
 
 Command: `OMP_NUM_THREADS=1 python benchmarks/mc_vs_lm_eval.py --items {args.items}`
 (SmolLM2-135M-Instruct from the offline asset, float32, CPU, torch {torch.__version__},
 {torch.get_num_threads()} thread; ARC-Easy validation, first {args.items} items, shipped data).
 
-| scorer | acc | acc_norm | seconds |
-|---|---:|---:|---:|
-{_row("frame_peft.evaluation", ours.metrics, ours_s)}
-{_row("lm-eval (HFLM via the bridge)", theirs_metrics, lm_s)}
+{table}
 
 Largest per-choice log-likelihood difference over {len(mine)} choices: {diff:.3g}.
 """

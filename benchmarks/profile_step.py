@@ -34,6 +34,7 @@ from _common import command_line, machine_info, quartiles, write_results
 from _layer_report import git_state
 from _lm import build_method, load_model
 from bench_e2e import Runner, make_batch
+from frame_peft._tables import markdown_table
 from frame_peft.methods.frame.factors import grouped_factors
 
 HERE = Path(__file__).resolve().parent
@@ -112,12 +113,24 @@ def render(res: dict) -> str:
         "",
         "## Step time (median ms)",
         "",
-        "| MoE-LoRA | FRAME | FRAME / MoE-LoRA | FRAME − MoE-LoRA | FRAME, factors fixed "
-        "(no transforms) |",
-        "|---|---|---|---|---|",
-        f"| {steps['moe_lora']:.0f} | {steps['frame_chirp']:.0f} | "
-        f"{steps['frame_chirp'] / steps['moe_lora']:.3f} | "
-        f"{steps['frame_chirp'] - steps['moe_lora']:.0f} | {steps['frame_fixed']:.0f} |",
+        markdown_table(
+            [
+                "MoE-LoRA",
+                "FRAME",
+                "FRAME / MoE-LoRA",
+                "FRAME − MoE-LoRA",
+                "FRAME, factors fixed (no transforms)",
+            ],
+            [
+                [
+                    f"{steps['moe_lora']:.0f}",
+                    f"{steps['frame_chirp']:.0f}",
+                    f"{steps['frame_chirp'] / steps['moe_lora']:.3f}",
+                    f"{steps['frame_chirp'] - steps['moe_lora']:.0f}",
+                    f"{steps['frame_fixed']:.0f}",
+                ]
+            ],
+        ),
         "",
         "Of FRAME's extra time over MoE-LoRA, the rank-2r mixture (real and imaginary parts) "
         f"accounts for about {steps['frame_fixed'] - steps['moe_lora']:.0f} ms "
@@ -126,21 +139,29 @@ def render(res: dict) -> str:
         "",
         "## FRAME's factor transforms alone, forward + backward (median ms per step)",
         "",
-        "| grouped (training path) | per layer, reference path | saved by grouping |",
-        "|---|---|---|",
-        f"| {tr['grouped']:.0f} | {tr['per_layer']:.0f} | {tr['per_layer'] - tr['grouped']:.0f} |",
+        markdown_table(
+            ["grouped (training path)", "per layer, reference path", "saved by grouping"],
+            [
+                [
+                    f"{tr['grouped']:.0f}",
+                    f"{tr['per_layer']:.0f}",
+                    f"{tr['per_layer'] - tr['grouped']:.0f}",
+                ]
+            ],
+        ),
         "",
         f"{res['num_layers']} adapted Linears; grouped: one transform call per row group "
         "(same length, rank, dtype; at most 2^19 elements per call).",
         "",
         "## Top operators of one FRAME step (self CPU time, under the profiler)",
         "",
-        "| operator | self ms | share | calls |",
-        "|---|---|---|---|",
-        *[
-            f"| `{r['op']}` | {r['self_ms']:.1f} | {100 * r['share']:.1f} % | {r['calls']} |"
-            for r in res["profile"]
-        ],
+        markdown_table(
+            ["operator", "self ms", "share", "calls"],
+            [
+                [f"`{r['op']}`", f"{r['self_ms']:.1f}", f"{100 * r['share']:.1f} %", r["calls"]]
+                for r in res["profile"]
+            ],
+        ),
         "",
         "## Machine",
         "",

@@ -50,6 +50,7 @@ import frame_peft as fp
 from _common import command_line, machine_info, wants_quick, write_results
 from _layer_report import git_state
 from frame_peft._files import write_json
+from frame_peft._tables import markdown_table
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "scan_lm"
@@ -316,54 +317,45 @@ def render(agg: dict, cells: list[dict], args, model_desc: str, cmd: str) -> str
         "Held-out answer loss (mean cross-entropy per answer token; lower is better), mean ± "
         "std over seeds; `- MoE-LoRA`: the paired difference per seed, mean ± std.",
         "",
-        "| method | active params | " + " | ".join(tasks) + " | all | - MoE-LoRA | train s | "
-        "scans s |",
-        "|" + "---|" * (len(tasks) + 6),
-    ]
-    for m, e in agg["methods"].items():
-        cells_ = [_pm(e[t]) for t in tasks]
-        lines.append(
-            f"| {m} | {e['active_parameters']} | "
-            + " | ".join(cells_)
-            + f" | {_pm(e['overall'])} | {_pm(e['minus_moe_lora'])} | "
-            f"{e['train_seconds'][0]:.0f} | {e['scan_seconds'][0]:.0f} |"
-        )
+        markdown_table(
+            ["method", "active params", *tasks, "all", "- MoE-LoRA", "train s", "scans s"],
+            [
+                [m, e["active_parameters"], *[_pm(e[t]) for t in tasks], _pm(e["overall"]),
+                 _pm(e["minus_moe_lora"]), f"{e['train_seconds'][0]:.0f}",
+                 f"{e['scan_seconds'][0]:.0f}"]
+                for m, e in agg["methods"].items()
+            ],
+        ),
+    ]  # fmt: skip
     frames = {m: e for m, e in agg["methods"].items() if "orders" in e}
     if frames:
-        lines += ["", "## Final orders (all seeds)", "",
-                  "| method | share at exactly 0 | mean order | mean ± std by module kind |",
-                  "|---|---|---|---|"]  # fmt: skip
-        for m, e in frames.items():
-            kinds = ", ".join(f"{k} {_pm(v)}" for k, v in e["orders"]["by_kind"].items())
-            lines.append(f"| {m} | {e['orders']['at_zero']:.3f} | {e['orders']['mean']:.3f} | "
-                         f"{kinds} |")  # fmt: skip
+        rows = [
+            [m, f"{e['orders']['at_zero']:.3f}", f"{e['orders']['mean']:.3f}",
+             ", ".join(f"{k} {_pm(v)}" for k, v in e["orders"]["by_kind"].items())]
+            for m, e in frames.items()
+        ]  # fmt: skip
+        headers = ["method", "share at exactly 0", "mean order", "mean ± std by module kind"]
+        lines += ["", "## Final orders (all seeds)", "", markdown_table(headers, rows)]
     for m, by_layer in agg.get("scan_orders_by_layer", {}).items():
         kinds = sorted({k for v in by_layer.values() for k in v})
+        spans: list[tuple[list[str], list[str]]] = []  # consecutive equal rows share one
+        for layer, v in by_layer.items():
+            cells_ = [f"{v[k][0]:.3f}; {v[k][1]:.2f}" if k in v else "–" for k in kinds]
+            if spans and spans[-1][1] == cells_:
+                spans[-1][0].append(layer)
+            else:
+                spans.append(([layer], cells_))
+        rows = [
+            [layers[0] if len(layers) == 1 else f"{layers[0]}–{layers[-1]}", *cells_]
+            for layers, cells_ in spans
+        ]
         lines += [
             "", f"## {m}: final orders per layer (mean order; share at exactly 0)", "",
-            "| layer | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds),
+            markdown_table(["layer", *kinds], rows),
         ]  # fmt: skip
-        rows: list[tuple[list[str], str]] = []  # consecutive layers with equal rows share one
-        for layer, v in by_layer.items():
-            text = " | ".join(f"{v[k][0]:.3f}; {v[k][1]:.2f}" if k in v else "–" for k in kinds)
-            if rows and rows[-1][1] == text:
-                rows[-1][0].append(layer)
-            else:
-                rows.append(([layer], text))
-        for layers, text in rows:
-            span = layers[0] if len(layers) == 1 else f"{layers[0]}–{layers[-1]}"
-            lines.append(f"| {span} | {text} |")
     scan_cells = [c for c in cells if c["scans"]]
     if scan_cells:
-        lines += [
-            "", "## Scans", "",
-            "`best ≠ 0`: experts whose best order lies more than 1/d from 0; `now / best`: the "
-            "fitted energy at the order the expert had before the scan over that at its best "
-            "order, mean (min) over experts: how much of what the best order captures the "
-            "current one does.", "",
-            "| method | seed | step | experts moved | best ≠ 0 | now / best | λ | statistics s | "
-            "search s |", "|---|---|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+        rows = []
         for c in scan_cells:
             evidence = scan_evidence(args.out_dir / "cells" / f"{c['method']}-seed{c['seed']}")
             for i, s in enumerate(c["scans"]):
@@ -373,11 +365,22 @@ def render(agg: dict, cells: list[dict], args, model_desc: str, cmd: str) -> str
                 if ev is not None:
                     far = f"{ev['far']} of {ev['experts']}"
                     ratio = f"{ev['ratio'][0]:.3f} ({ev['ratio'][1]:.3f})"
-                lines.append(
-                    f"| {c['method']} | {c['seed']} | {s['step']} | {s['num_jumps']} | {far} | "
-                    f"{ratio} | {lam} | {s['seconds_statistics']:.1f} | "
-                    f"{s['seconds_search']:.1f} |"
-                )
+                rows.append([
+                    c["method"], c["seed"], s["step"], s["num_jumps"], far, ratio, lam,
+                    f"{s['seconds_statistics']:.1f}", f"{s['seconds_search']:.1f}",
+                ])  # fmt: skip
+        headers = [
+            "method", "seed", "step", "experts moved", "best ≠ 0", "now / best", "λ",
+            "statistics s", "search s",
+        ]  # fmt: skip
+        lines += [
+            "", "## Scans", "",
+            "`best ≠ 0`: experts whose best order lies more than 1/d from 0; `now / best`: the "
+            "fitted energy at the order the expert had before the scan over that at its best "
+            "order, mean (min) over experts: how much of what the best order captures the "
+            "current one does.", "",
+            markdown_table(headers, rows),
+        ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -172,7 +172,7 @@ METHODS: dict[str, Method] = {
         Method(
             "hmora",
             "HMoRA",
-            lambda v: fp.HMoRAConfig(
+            lambda v: fp.HMoRAConfig.simplified(  # the variant the recorded results measured
                 target_modules=_t(),
                 num_experts=EXPERTS,
                 top_k=TOP_K,

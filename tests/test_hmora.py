@@ -1,8 +1,11 @@
-"""HMoRA (METHODS.md §4): the method's own behaviour.
+"""HMoRA (docs/methods.md §4.5): the method's own behaviour.
 
 The adapter-core matrix (identity at init, disable, trainable set with β, entropy aux loss per
 module, bf16 with float32 routing, save/load in a fresh process) and the active-parameter formula
-run in ``test_adapters_matrix.py`` (``_adapters.CONFIGS``).
+run in ``test_adapters_matrix.py`` on the per-module variant (``HMoRAConfig.simplified``). The
+tests below check that variant's behaviour (kept as options) and then the authors' defaults:
+shared encoder and routers, plain-LoRA modules, generation, padding, save/load. Parity with the
+authors' code is in ``test_hmora_parity.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from frame_peft.routing import RoutingState
 
 
 def CONFIG(t):
-    return HMoRAConfig(target_modules=t, num_experts=4, rank=2, dropout=0.0)
+    return HMoRAConfig.simplified(target_modules=t, num_experts=4, rank=2, dropout=0.0)
 
 
 def inputs_of(data: dict) -> dict:
@@ -35,7 +38,7 @@ def build(model_name: str, config=CONFIG, targets="all-linear"):
 
 def make_adapter(d_in=16, d_out=12, layer_index=None, num_layers=0, **kw):
     """One standalone HMoRA module with its own routing state (as ``inject`` builds it)."""
-    cfg = HMoRAConfig(**{"target_modules": ["x"], "dropout": 0.0, **kw})
+    cfg = HMoRAConfig.simplified(**{"target_modules": ["x"], "dropout": 0.0, **kw})
     state = RoutingState()
     return build_adapter(cfg, d_in, d_out, "x", state, layer_index, num_layers), state
 
@@ -51,7 +54,7 @@ def test_task_routing_off_equals_dense_moe_lora():
     targets = ["q_proj", "v_proj", "down_proj"]
     hm = fp.inject(
         tiny_llama(),
-        HMoRAConfig(
+        HMoRAConfig.simplified(
             target_modules=targets, num_experts=4, rank=4, alpha=4.0, task_routing=False,
             dropout=0.0,
         ),
@@ -67,11 +70,11 @@ def test_task_routing_off_equals_dense_moe_lora():
         for name, ma in m_ads.items():
             ha = h_ads[name]
             assert ha.scale == ma.scale == 2.0
-            assert {n for n, _ in ha.named_parameters()} == {"A", "B", "router.weight"}
+            assert {n for n, _ in ha.named_parameters()} == {"A", "B", "router.token.weight"}
             ma.router.weight.normal_(0.0, 1.0)  # clearly non-uniform routing
             ha.A.copy_(ma.A.reshape(-1, ma.A.shape[-1]))  # (E, r, d_in) -> (E·r, d_in)
             ha.B.copy_(ma.B.permute(1, 0, 2).reshape(ma.B.shape[1], -1))  # -> (d_out, E·r)
-            ha.router.weight.copy_(ma.router.weight)
+            ha.router.token.weight.copy_(ma.router.weight)
         inputs = inputs_of(batch())
         out_h, out_m = hm(**inputs).logits, moe(**inputs).logits
         with fp.disable_adapters(moe):
@@ -81,7 +84,7 @@ def test_task_routing_off_equals_dense_moe_lora():
 
 
 def test_beta_init_rises_with_depth():
-    c = HMoRAConfig(beta_min=-3.0, beta_max=1.0)
+    c = HMoRAConfig.simplified(beta_min=-3.0, beta_max=1.0)
     betas = [initial_beta(c, i, 5) for i in range(5)]
     assert betas == pytest.approx([-3.0, -2.0, -1.0, 0.0, 1.0])
     assert initial_beta(c, None, 5) == pytest.approx(-1.0)
@@ -89,16 +92,16 @@ def test_beta_init_rises_with_depth():
     model = build("llama")  # two layers: layer 0 at beta_min, layer 1 at beta_max
     for name, a in adapters(model).items():
         expected = -2.0 if ".layers.0." in name else 2.0
-        assert float(a.beta.detach()) == pytest.approx(expected), name
-    mix = {n: torch.sigmoid(a.beta).item() for n, a in adapters(model).items()}
+        assert float(a.router.beta.detach()) == pytest.approx(expected), name
+    mix = {n: torch.sigmoid(a.router.beta).item() for n, a in adapters(model).items()}
     assert mix["model.layers.0.mlp.down_proj"] < 0.5 < mix["model.layers.1.mlp.down_proj"]
 
 
 def test_task_ids_change_routing_and_are_validated():
     ad, state = make_adapter(num_experts=4, num_tasks=3)
     with torch.no_grad():
-        ad.task_router.weight.normal_(0.0, 1.0)
-        ad.beta.fill_(3.0)
+        ad.router.task.weight.normal_(0.0, 1.0)
+        ad.router.beta.fill_(3.0)
     x = torch.randn(2, 5, 16)
 
     def weights(task_ids=None):
@@ -114,7 +117,7 @@ def test_task_ids_change_routing_and_are_validated():
     # no ids -> the encoder: the embedding table plays no part
     enc = weights()
     with torch.no_grad():
-        ad.task_embedding.weight.normal_(0.0, 3.0)
+        ad.router.task_embedding.weight.normal_(0.0, 3.0)
     assert torch.equal(weights(), enc)
     assert (weights(torch.tensor([0, 0])) - w0).abs().max() > 1e-4
     for bad in (torch.tensor([0, 3]), torch.tensor([-1, 0])):
@@ -129,7 +132,7 @@ def test_task_ids_change_routing_and_are_validated():
 def test_top_k_renormalises_to_k_nonzeros():
     ad, state = make_adapter(num_experts=5, top_k=2, rank=3, alpha=6.0)
     with torch.no_grad():
-        ad.router.weight.normal_(0.0, 1.0)
+        ad.router.token.weight.normal_(0.0, 1.0)
         ad.B.normal_(0.0, 0.1)
     x = torch.randn(3, 4, 16)
     state.begin_forward(None)
@@ -156,8 +159,8 @@ def _entropy_by_hand(w: torch.Tensor) -> torch.Tensor:
 def test_entropy_aux_excludes_padding():
     ad, state = make_adapter(num_experts=4)
     with torch.no_grad():
-        ad.task_router.weight.normal_(0.0, 1.0)
-        ad.router.weight.normal_(0.0, 1.0)
+        ad.router.task.weight.normal_(0.0, 1.0)
+        ad.router.token.weight.normal_(0.0, 1.0)
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[0, 4:] = 0  # right padding
     mask[1, :2] = 0  # left padding
@@ -192,8 +195,8 @@ def test_task_pool_is_causal():
     perturb(model)
     with torch.no_grad():
         for a in adapters(model).values():
-            a.beta.fill_(4.0)
-            a.task_router.weight.normal_(0.0, 2.0)
+            a.router.beta.fill_(4.0)
+            a.router.task.weight.normal_(0.0, 2.0)
         ids = batch(pad_rows=0)["input_ids"]
         changed = ids.clone()
         changed[:, 7] = (changed[:, 7] + 1) % 64
@@ -205,8 +208,8 @@ def test_task_pool_is_causal():
 def test_decode_step_continues_the_prefix_pool():
     ad, state = make_adapter(num_experts=4)
     with torch.no_grad():
-        ad.task_router.weight.normal_(0.0, 1.0)
-        ad.beta.fill_(3.0)
+        ad.router.task.weight.normal_(0.0, 1.0)
+        ad.router.beta.fill_(3.0)
     x = torch.randn(2, 7, 16)
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[0, :3] = 0
@@ -228,7 +231,7 @@ def test_generate_with_cache_equals_without():
     perturb(model, std=0.3)
     with torch.no_grad():
         for a in adapters(model).values():
-            a.task_router.weight.normal_(0.0, 2.0)
+            a.router.task.weight.normal_(0.0, 2.0)
     model.generation_config.pad_token_id = 0
     ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
@@ -262,6 +265,17 @@ def test_generate_with_cache_equals_without():
         ({"rank": 0}, "rank"),
         ({"overrides": {"q_proj": {"top_k": 20}}}, "cannot exceed"),
         ({"overrides": {"q_proj": {"task_dim": 4}}}, "cannot be set per module"),
+        ({"top_k_gates": "sparsemax"}, "top_k_gates"),
+        ({"task_encoder": "mean"}, "task_encoder"),
+        ({"aux_loss": "switch"}, "aux_loss"),
+        ({"aux_reduction": "max"}, "aux_reduction"),
+        ({"router_dropout": 1.0}, "router_dropout"),
+        ({"router_bias": 1}, "router_bias"),
+        ({"gamma_balance_token": 1.5}, "gamma_balance_token"),
+        ({"token_only_below": 0.9, "task_only_above": 0.1}, "must not exceed task_only_above"),
+        ({"lora_modules": "o_proj"}, "lora_modules"),
+        ({"task_encoder_heads": 0}, "task_encoder_heads"),
+        ({"task_token_id": -1}, "task_token_id"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -272,6 +286,21 @@ def test_config_validation(kwargs, match):
 def test_config_round_trip_and_defaults():
     cfg = HMoRAConfig(num_tasks=4, top_k=2, overrides={"down_proj": {"num_experts": 6}})
     assert fp.config_from_dict(cfg.to_dict()) == cfg
-    d = HMoRAConfig()
-    assert (d.num_experts, d.rank, d.top_k, d.aux_loss_coef) == (8, 4, None, 0.005)
+    d = HMoRAConfig()  # the authors' run_train.sh
+    assert (d.num_experts, d.rank, d.alpha, d.top_k, d.dropout) == (8, 8, 8.0, 2, 0.1)
+    assert (d.aux_loss, d.aux_loss_coef, d.aux_reduction) == ("gjs", 0.005, "sum")
+    assert (d.gamma_balance_token, d.gamma_certain_token) == (0.98, 0.5)
+    assert (d.gamma_balance_task, d.gamma_certain_task) == (0.98, 0.5)
+    assert (d.router_bias, d.router_dropout, d.task_encoder, d.top_k_gates) == (
+        True,
+        0.1,
+        "transformer",
+        "softmax",
+    )
+    assert (d.shared_a, d.share_router_qkv, d.share_router_gate_up) == (True, True, True)
+    assert d.lora_modules == ["o_proj", "down_proj"]
+    assert (d.token_only_below, d.task_only_above) == (0.2, 0.8)
+    old = HMoRAConfig.simplified()
+    assert (old.num_experts, old.rank, old.top_k, old.aux_loss) == (8, 4, None, "entropy")
+    assert fp.config_from_dict(old.to_dict()) == old
     assert "hmora" in fp.method_names()

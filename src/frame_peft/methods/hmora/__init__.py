@@ -1,7 +1,7 @@
 from ...core.config import register_method
-from .config import HMoRAConfig
+from .config import SIMPLIFIED, HMoRAConfig
 from .layer import HMoRAAdapter
 
 register_method(HMoRAConfig, HMoRAAdapter)
 
-__all__ = ["HMoRAAdapter", "HMoRAConfig"]
+__all__ = ["SIMPLIFIED", "HMoRAAdapter", "HMoRAConfig"]

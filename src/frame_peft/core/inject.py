@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..routing import RoutingState
+from ..routing.context import input_embedding_of, model_inputs
 from .adapter import AdaptedLinear, Adapter, LayerContext, is_adaptable, layer_features
 from .blocks import AdaptedBlock, build_block, split_block_targets
 from .config import AdapterConfig, adapter_class
@@ -130,7 +131,7 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
     # Block methods (core/blocks.py) take whole FFN blocks; their other targets get plain Linears.
     blocks, targets = split_block_targets(model, targets, cls)
     linear_cls = adapter_class(cls.linear_method) if blocks else cls
-    state = RoutingState()
+    state = RoutingState(input_embedding_of(model))  # embeddings for model-level encoders
     built: dict[str, AdaptedLinear | AdaptedBlock] = {}
     depth = layer_indices([n for n, _ in targets] + [b.name for b in blocks])
     num_layers = max((d for d in depth.values() if d is not None), default=-1) + 1
@@ -182,7 +183,9 @@ def _checkpointing(model: nn.Module) -> bool:
 def _make_pre_hook(state: RoutingState, layers: list[AdaptedLinear]):
     def hook(module, args, kwargs):
         mask = kwargs.get("attention_mask")
-        state.begin_forward(mask if isinstance(mask, torch.Tensor) else None)
+        state.begin_forward(
+            mask if isinstance(mask, torch.Tensor) else None, model_inputs(args, kwargs)
+        )
         if torch.is_grad_enabled() and not _checkpointing(module):
             prepare_layers(layers, state.current.scratch)
 

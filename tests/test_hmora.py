@@ -304,3 +304,157 @@ def test_config_round_trip_and_defaults():
     assert (old.num_experts, old.rank, old.top_k, old.aux_loss) == (8, 4, None, "entropy")
     assert fp.config_from_dict(old.to_dict()) == old
     assert "hmora" in fp.method_names()
+
+
+# --- the authors' defaults: shared encoder and routers, plain-LoRA modules ---------------------
+
+
+def DEFAULT(t="all-linear", **kw):
+    return HMoRAConfig(
+        target_modules=t, **{"router_dropout": 0.0, "task_encoder_dropout": 0.0, "dropout": 0.0,
+                             "num_experts": 4, "rank": 2, **kw}
+    )  # fmt: skip
+
+
+def _default_model(seed=0, **kw):
+    model = fp.inject(tiny_llama(seed), DEFAULT(**kw))
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():  # every adapter tensor away from its initialisation
+        for layer in fp.adapted_layers(model).values():
+            for p in layer.adapter.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def test_default_structure_shares_encoder_and_routers():
+    model = fp.inject(tiny_llama(), HMoRAConfig())
+    ads = adapters(model)
+    owners = [n for n, a in ads.items() if "task_encoder" in a._modules]
+    assert owners == ["model.layers.0.self_attn.q_proj"]  # one encoder, owned once
+    for layer in (0, 1):
+        pre = f"model.layers.{layer}."
+        q, k, v = (ads[pre + f"self_attn.{p}_proj"] for p in "qkv")
+        gate, up = ads[pre + "mlp.gate_proj"], ads[pre + "mlp.up_proj"]
+        assert k.routing_module is q.routing_module is v.routing_module is q.router
+        assert up.routing_module is gate.router
+        assert {n for n, _ in k.named_parameters()} == {"A", "B"}  # the router is q's
+        assert q.A.shape == (8, 32) and q.B.shape == (32, 64)  # shared A (r, d), B (d, E·r)
+        for plain in ("self_attn.o_proj", "mlp.down_proj"):
+            a = ads[pre + plain]
+            assert not a.has_router and a.num_experts == 1
+            assert a.A.shape == (8, a.in_features) and a.B.shape == (a.out_features, 8)
+    # 2 layers: σ(β) = 0.12 (token only) in layer 0, 0.88 (task only) in layer 1
+    assert ads["model.layers.0.self_attn.q_proj"].router.mode == "token"
+    assert ads["model.layers.1.self_attn.q_proj"].router.mode == "task"
+    assert ads["model.layers.0.self_attn.q_proj"].scale == pytest.approx(8 / math.sqrt(8))
+    mid = fp.inject(tiny_llama(), HMoRAConfig(token_only_below=0.0, task_only_above=1.0))
+    assert {a.router.mode for a in adapters(mid).values() if "router" in a._modules} == {"mixed"}
+
+
+def test_default_plain_lora_modules_merge():
+    model = _default_model()
+    layer = fp.adapted_layers(model)["model.layers.0.mlp.down_proj"]
+    a = layer.adapter
+    torch.testing.assert_close(a.delta_weight(), a.scale * a.B @ a.A)
+    x = torch.randn(3, a.in_features)
+    torch.testing.assert_close(a(x, x), x @ a.delta_weight().T)
+
+
+def test_default_save_load_gives_identical_logits(tmp_path):
+    model = _default_model()
+    data = inputs_of(batch())
+    with torch.no_grad():
+        before = model(**data).logits
+    fp.save_adapter(model, tmp_path / "a")
+    fresh = fp.load_adapter(tiny_llama(), tmp_path / "a")
+    with torch.no_grad():
+        after = fresh(**data).logits
+    torch.testing.assert_close(after, before, rtol=0.0, atol=0.0)
+    keys = set(fp.adapter_state_dict(fresh))
+    assert "model.layers.0.self_attn.q_proj.task_encoder.task_token" in keys
+
+
+def test_default_generate_with_cache_equals_without():
+    model = _default_model(token_only_below=0.0, task_only_above=1.0)
+    model.generation_config.pad_token_id = 0
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding
+    kw = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        cached = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kw)
+        plain = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
+        with fp.disable_adapters(model):
+            base = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kw)
+    assert torch.equal(cached.sequences, plain.sequences)
+    for s_c, s_p in zip(cached.scores, plain.scores, strict=True):
+        torch.testing.assert_close(s_c, s_p, rtol=0.0, atol=1e-5)
+    moved = zip(cached.scores, base.scores, strict=True)
+    assert max((c - b).abs().max() for c, b in moved) > 1e-3
+
+
+def test_default_prompt_comes_from_labels_or_prompt_mask():
+    """With labels, the encoder reads only the positions before the first supervised label; a
+    routing_context prompt_mask does the same; the task loss and routing ignore the answer."""
+    model = _default_model()
+    data = batch(pad_rows=0)
+    labels = data["labels"].clone()
+    labels[:, :4] = -100  # prompt = the first 4 tokens
+    changed = data["input_ids"].clone()
+    changed[:, 6] = (changed[:, 6] + 1) % 64  # an answer token
+    with torch.no_grad():
+        out = model(input_ids=data["input_ids"], labels=labels).logits
+        out2 = model(input_ids=changed, labels=labels).logits
+        prompt = torch.zeros_like(labels)
+        prompt[:, :4] = 1
+        with fp.routing_context(prompt_mask=prompt):
+            out3 = model(input_ids=data["input_ids"]).logits
+    torch.testing.assert_close(out[:, :6], out2[:, :6], rtol=0.0, atol=0.0)
+    torch.testing.assert_close(out3, out, rtol=0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_aux", [True, False])
+def test_default_gradient_checkpointing_gives_the_same_gradients(with_aux):
+    """The shared encoder under HF checkpointing (each module then computes z in its own
+    checkpointed region). Reentrant checkpointing runs the first pass without grad, so aux losses
+    recorded inside blocks carry no gradient there (for every routed method): checked without."""
+    data = batch()
+    grads = []
+    for reentrant in (None, False) if with_aux else (None, True, False):  # None: no checkpointing
+        model = _default_model(token_only_below=0.0, task_only_above=1.0)
+        model.train()
+        if reentrant is not None:
+            model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+            model.enable_input_require_grads()  # reentrant blocks need a grad-requiring input
+        out = model(**data)
+        (out.loss + (fp.aux_loss(model) if with_aux else 0.0)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    for other in grads[1:]:
+        assert other.keys() == grads[0].keys()
+        for n in grads[0]:
+            torch.testing.assert_close(other[n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)
+    assert (
+        grads[0]["model.layers.0.self_attn.q_proj.adapter.task_encoder.task_token"].abs().max() > 0
+    )
+
+
+def test_default_router_dropout_only_in_training():
+    model = fp.inject(tiny_llama(), HMoRAConfig(dropout=0.0, task_encoder_dropout=0.0))
+    a = adapters(model)["model.layers.0.self_attn.q_proj"]
+    assert a.router.drop.p == 0.1 and a.router.token.bias is not None
+    x = torch.randn(2, 5, 32)
+    a.train()
+    assert not torch.equal(a.router.token_logits(x), a.router.token_logits(x))
+    a.eval()
+    assert torch.equal(a.router.token_logits(x), a.router.token_logits(x))
+
+
+def test_default_bf16_keeps_routing_and_encoder_float32():
+    model = _default_model().to(torch.bfloat16)
+    for name, a in adapters(model).items():
+        for key, p in a.named_parameters():
+            want = torch.bfloat16 if key in ("A", "B") else torch.float32
+            assert p.dtype == want, (name, key)
+    with torch.no_grad():
+        out = model(**inputs_of(batch())).logits
+    assert torch.isfinite(out.float()).all()

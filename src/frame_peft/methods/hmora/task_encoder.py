@@ -128,7 +128,11 @@ class TaskContext:
         """z (B, D) float32 for the sequences of a layer input with leading shape ``lead``."""
         rec = state.current
         cached = rec.scratch.get(_SCRATCH)
-        if cached is not None and tuple(cached.shape[:1]) == (_batch(lead),):
+        if (
+            cached is not None
+            and tuple(cached.shape[:1]) == (_batch(lead),)
+            and (cached.requires_grad or not torch.is_grad_enabled() or not self._trainable())
+        ):  # a z from a no-grad pass (reentrant checkpointing) is not reused with grad on
             return cached
         z = self._compute(state, route_x, lead, name)
         shareable = rec.from_model and (
@@ -137,6 +141,9 @@ class TaskContext:
         if shareable:
             rec.scratch[_SCRATCH] = z
         return z
+
+    def _trainable(self) -> bool:
+        return any(p.requires_grad for p in self.encoder.parameters())
 
     def _compute(
         self, state: RoutingState, route_x: torch.Tensor, lead: torch.Size, name: str

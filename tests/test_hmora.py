@@ -458,3 +458,46 @@ def test_default_bf16_keeps_routing_and_encoder_float32():
     with torch.no_grad():
         out = model(**inputs_of(batch())).logits
     assert torch.isfinite(out.float()).all()
+
+
+# --- the generic core additions HMoRA uses (routing/context.py, core/inject.py) ----------------
+
+
+def test_forward_record_keeps_the_model_inputs_and_embeds_them():
+    from frame_peft.core.inject import find_injection
+    from frame_peft.routing.context import input_embedding_of, model_inputs
+
+    ids, labels = torch.tensor([[1, 2, 3]]), torch.tensor([[-100, 2, 3]])
+    assert model_inputs((ids,), {"labels": labels}) == {
+        "input_ids": ids, "inputs_embeds": None, "labels": labels,
+    }  # fmt: skip
+    assert model_inputs((), {"input_ids": ids, "inputs_embeds": 3})["inputs_embeds"] is None
+    assert input_embedding_of(torch.nn.Linear(2, 2)) is None
+    model = fp.inject(tiny_llama(), CONFIG(["q_proj"]))
+    state = find_injection(model).state
+    assert state.input_embedding is model.get_input_embeddings()
+    assert state.embedding_dim() == 32
+    prompt = torch.tensor([[1, 1, 0]])
+    with torch.no_grad(), fp.routing_context(prompt_mask=prompt):
+        model(input_ids=ids, labels=ids)
+    rec = state.current
+    assert rec.from_model and torch.equal(rec.input_ids, ids) and torch.equal(rec.labels, ids)
+    assert torch.equal(rec.prompt_mask, prompt)
+    torch.testing.assert_close(state.input_embeddings(), model.get_input_embeddings()(ids))
+    emb = torch.randn(1, 3, 32)
+    with torch.no_grad():
+        model(inputs_embeds=emb)
+    assert state.input_embeddings() is emb
+
+
+def test_aux_reduction_sums_or_averages_the_module_terms():
+    from frame_peft.routing import AuxTerm
+
+    state = RoutingState()
+    state.begin_forward(None)
+    for v in (1.0, 2.0, 6.0):
+        state.record(AuxTerm("m", {"x": torch.tensor(v)}, torch.tensor(1.0)))
+    assert float(state.aux_loss()) == pytest.approx(3.0)
+    state.aux_reduction = "sum"
+    assert float(state.aux_loss()) == pytest.approx(9.0)
+    assert not state.current.from_model  # opened by hand, not by a model's pre-hook

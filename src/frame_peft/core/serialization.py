@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._files import atomic_write_bytes, file_sha256
+from .._files import file_sha256, write_json
 from .config import config_from_dict
 from .inject import inject, require_injection, unload
 
@@ -73,7 +73,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
             },
         },
     }
-    atomic_write_bytes(out / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(out / CONFIG_NAME, meta, indent=2)
     return out
 
 

@@ -41,6 +41,7 @@ from torch import nn
 from .. import FourierMoEConfig, FrameConfig, LoRAConfig, MoELoRAConfig
 from ..core.config import AdapterConfig
 from ..transforms import get_transform
+from ..transforms.by_name import TRANSFORMS
 
 #: The methods compared, in table order, with what each is.
 METHOD_INFO = {
@@ -111,10 +112,10 @@ class TaskSpec:
             "in [1, dim/2]",
         )
         _check(
-            self.teacher_transform in ("chirp", "exact"),
+            self.teacher_transform in TRANSFORMS,
             "teacher_transform",
             self.teacher_transform,
-            "'chirp' or 'exact'",
+            f"one of {list(TRANSFORMS)}",
         )
         _check(self.teacher_scale > 0, "teacher_scale", self.teacher_scale, "> 0")
         _check(self.mean_norm >= 0, "mean_norm", self.mean_norm, ">= 0")

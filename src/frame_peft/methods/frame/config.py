@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ...core.config import check_positive_int
+from ...transforms.by_name import TRANSFORMS
 from ..moe_lora.config import MoELoRAConfig
 
 
@@ -79,8 +80,9 @@ class FrameConfig(MoELoRAConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.transform not in ("chirp", "exact"):
-            raise ValueError(f"transform must be 'chirp' or 'exact', got {self.transform!r}")
+        if self.transform not in TRANSFORMS:
+            names = " or ".join(map(repr, TRANSFORMS))
+            raise ValueError(f"transform must be {names}, got {self.transform!r}")
         if self.order_mode not in ("learned", "fixed"):
             raise ValueError(f"order_mode must be 'learned' or 'fixed', got {self.order_mode!r}")
         _validate_scan(self)

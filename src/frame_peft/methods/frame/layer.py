@@ -41,6 +41,7 @@ from ...core.adapter import ExpertDomain, LayerContext
 from ...core.mixture import LowRankMixture
 from ...routing import Routing, grouped_switch_loss, switch_loss
 from ...transforms import dfrft_matrix, frft, get_transform
+from ...transforms.by_name import CHIRP, EXACT
 from .config import FrameConfig, initial_orders
 from .factors import grouped_factors
 
@@ -58,7 +59,7 @@ class FrameAdapter(LowRankMixture):
         super().__init__(in_features, out_features, config, context)
         name = context.name
         self.transform_name = config.transform
-        if self.transform_name == "chirp" and (in_features % 2 or out_features % 2):
+        if self.transform_name == CHIRP and (in_features % 2 or out_features % 2):
             raise ValueError(
                 f"{name}: transform='chirp' needs even widths (the discrete chirp identity fails "
                 f"for odd lengths), got in={in_features}, out={out_features}; use "
@@ -292,7 +293,7 @@ class FrameAdapter(LowRankMixture):
         """
         mats = []
         for e, a in enumerate(self.orders().double().tolist()):
-            if self.transform_name == "exact":
+            if self.transform_name == EXACT:
                 t_in, t_out = dfrft_matrix(self.in_features, a), dfrft_matrix(self.out_features, a)
             else:
                 t_in = frft(torch.eye(self.in_features, dtype=torch.complex128), a, dim=0)

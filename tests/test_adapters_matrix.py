@@ -41,7 +41,8 @@ def build(model_name: str, method: str, targets="all-linear"):
     base = MODELS[model_name]()
     with torch.no_grad():
         ref = base(**inputs()).logits
-    model = fp.inject(base, CONFIGS[method](targets))
+    # eval mode: FlyLoRA's bias b moves after every training-mode forward, grad or not
+    model = fp.inject(base, CONFIGS[method](targets)).eval()
     return model, ref
 
 
@@ -153,7 +154,7 @@ _CHILD = textwrap.dedent(
     jobs = json.loads({jobs!r})
     for job in jobs:
         base = MODELS[job["model"]]()
-        model = fp.load_adapter(base, job["dir"])
+        model = fp.load_adapter(base, job["dir"]).eval()
         with torch.no_grad():
             logits = model(**{{k: v for k, v in batch().items() if k != "labels"}}).logits
         torch.save({{"logits": logits, "state": fp.adapter_state_dict(model)}}, job["out"])

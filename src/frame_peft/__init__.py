@@ -43,6 +43,7 @@ from .methods import (
     HMoRAConfig,
     HydraLoRAConfig,
     LoRAConfig,
+    MixLoRAConfig,
     MoELoRAConfig,
 )
 from .methods.frame.scan import ScanReport, ScanSettings, scan_orders, scan_steps
@@ -62,6 +63,7 @@ __all__ = [
     "HydraLoRAConfig",
     "LayerContext",
     "LoRAConfig",
+    "MixLoRAConfig",
     "MoELoRAConfig",
     "NotMergeableError",
     "RoutingConfig",

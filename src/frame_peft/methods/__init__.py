@@ -13,6 +13,7 @@ from .frame import FrameAdapter, FrameConfig
 from .hmora import HMoRAAdapter, HMoRAConfig
 from .hydralora import HydraLoRAAdapter, HydraLoRAConfig
 from .lora import LoRAAdapter, LoRAConfig
+from .mixlora import MixLoRAAdapter, MixLoRAConfig
 from .moe_lora import MoELoRAAdapter, MoELoRAConfig
 
 for _info in pkgutil.iter_modules(__path__):
@@ -32,6 +33,8 @@ __all__ = [
     "HydraLoRAConfig",
     "LoRAAdapter",
     "LoRAConfig",
+    "MixLoRAAdapter",
+    "MixLoRAConfig",
     "MoELoRAAdapter",
     "MoELoRAConfig",
 ]

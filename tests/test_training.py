@@ -417,3 +417,26 @@ def test_distributed_modes_need_a_launcher(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="distributed='none' but WORLD_SIZE=2"):
         Trainer(lora_model(), RandomTokens(8), config(tmp_path, distributed="none")).train()
+
+
+def test_trainer_tells_routers_where_the_prompt_ends(tmp_path):
+    """HMoRA's task encoder reads the prompt only: the loop passes the positions before each
+    sequence's first supervised label as ``prompt_mask`` (labels never reach the model)."""
+    model = fp.inject(tiny_llama(), fp.HMoRAConfig(target_modules=["q_proj", "v_proj"], rank=2))
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    state = fp.core.inject.require_injection(model).state
+
+    def spy(module, args):
+        rec = state.current
+        seen.append((rec.prompt_mask.clone(), rec.labels))
+
+    layer = next(iter(fp.adapted_layers(model).values()))
+    layer.register_forward_pre_hook(spy)
+    data = RandomTokens(8)
+    Trainer(model, data, config(tmp_path, max_steps=1)).train()
+    lengths = {sum(label == -100 for label in item["labels"]) for item in data.items}
+    assert seen
+    for prompt, labels in seen:
+        assert labels is None  # the loop drops labels from the model call
+        assert prompt.dtype == torch.bool
+        assert set(prompt.sum(dim=1).tolist()) <= lengths  # each row: its item's prompt

@@ -298,8 +298,12 @@ class Trainer:
             batch = {k: v.to(env.device) for k, v in batch.items()}
             inputs = {k: v for k, v in batch.items() if k not in ("labels", "task_ids")}
             with skip_gradient_sync(model, env, skip=i < accum - 1):
+                # the prompt ends at the first supervised label: what HMoRA's task encoder reads
+                prompt = torch.cumsum((batch["labels"] != -100).long(), dim=1) == 0
                 ctx = routing_context(
-                    attention_mask=batch["attention_mask"], task_ids=batch.get("task_ids")
+                    attention_mask=batch["attention_mask"],
+                    task_ids=batch.get("task_ids"),
+                    prompt_mask=prompt,
                 )
                 with self._autocast(), ctx:
                     outputs = self._forward(model, inputs, no_cache)

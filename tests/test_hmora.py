@@ -501,3 +501,8 @@ def test_aux_reduction_sums_or_averages_the_module_terms():
     state.aux_reduction = "sum"
     assert float(state.aux_loss()) == pytest.approx(9.0)
     assert not state.current.from_model  # opened by hand, not by a model's pre-hook
+
+
+def test_z_loss_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="z_loss_coef must be 0 for hmora"):
+        HMoRAConfig(z_loss_coef=0.01)

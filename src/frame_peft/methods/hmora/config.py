@@ -90,7 +90,9 @@ class HMoRAConfig(RoutingConfig):
             the router of the first of them (authors: both on).
         lora_modules: module-name suffixes that get a plain LoRA (``s·B A x``, scale α/√r)
             instead of a routed mixture (authors: o_proj, down_proj).
-        z_loss_coef, router_jitter: of the token router, as for every routed method (0 = off).
+        z_loss_coef: must stay 0: HMoRA's gates mix two softmaxes, so there are no logits for a
+            z-loss (refused rather than silently ignored).
+        router_jitter: multiplicative input noise of the token router in training (0 = off).
     """
 
     method: ClassVar[str] = "hmora"
@@ -136,6 +138,11 @@ class HMoRAConfig(RoutingConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.z_loss_coef != 0:
+            raise ValueError(
+                f"z_loss_coef must be 0 for hmora (got {self.z_loss_coef!r}): its gates mix the "
+                "token and task routers' probabilities, so there are no logits to penalise"
+            )
         for key in ("task_routing", "router_bias", "shared_a", "share_router_qkv",
                     "share_router_gate_up"):  # fmt: skip
             if not isinstance(getattr(self, key), bool):

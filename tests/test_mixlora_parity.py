@@ -20,6 +20,7 @@ from torch import nn
 
 import frame_peft as fp
 from _models import tiny_llama, tiny_qwen2
+from _moe_peft import moe_peft_mixtral_loss
 from frame_peft.methods.mixlora import MixLoRAAdapter, MixLoRAConfig
 from frame_peft.routing import RoutingState
 
@@ -103,30 +104,6 @@ class RefMixLoRA(nn.Module):
         return out.to(input_dtype), router_logits
 
 
-def ref_mixtral_loss(gate_logits, num_experts, top_k, attention_mask):
-    """``_mixtral_load_balancing_loss_func`` (without the coefficient)."""
-    routing_weights = F.softmax(gate_logits, dim=-1)
-    _, selected_experts = torch.topk(routing_weights, top_k, dim=-1)
-    expert_mask = F.one_hot(selected_experts, num_experts)
-    if attention_mask is None:
-        tokens_per_expert = torch.mean(expert_mask.float(), dim=0)
-        router_prob_per_expert = torch.mean(routing_weights, dim=0)
-    else:
-        batch_size, sequence_length = attention_mask.shape
-        layers = routing_weights.shape[0] // (batch_size * sequence_length)
-        shape = (layers, batch_size, sequence_length, top_k, num_experts)
-        mask = attention_mask[None, :, :, None, None].expand(shape).reshape(-1, top_k, num_experts)
-        tokens_per_expert = torch.sum(expert_mask.float() * mask, dim=0) / torch.sum(mask, dim=0)
-        pmask = (
-            attention_mask[None, :, :, None]
-            .expand((layers, batch_size, sequence_length, num_experts))
-            .reshape(-1, num_experts)
-        )
-        router_prob_per_expert = torch.sum(routing_weights * pmask, dim=0) / torch.sum(pmask, 0)
-    overall_loss = torch.sum(tokens_per_expert * router_prob_per_expert.unsqueeze(0))
-    return overall_loss * num_experts
-
-
 def _features(linear: nn.Linear) -> tuple[int, int]:
     return linear.in_features, linear.out_features
 
@@ -167,7 +144,7 @@ def test_forward_gradients_and_aux_loss_match_the_reference(model_fn, num_expert
     aux1 = ours.state.aux_loss()
     x2 = x.clone().requires_grad_(True)
     y2, logits = ref(x2)
-    aux2 = 0.001 * ref_mixtral_loss(logits, num_experts, top_k, mask)
+    aux2 = 0.001 * moe_peft_mixtral_loss(logits, num_experts, top_k, mask)
 
     torch.testing.assert_close(y1, y2, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(aux1, aux2, atol=1e-9, rtol=1e-5)
@@ -193,5 +170,8 @@ def test_aux_loss_without_mask_matches_the_reference():
     ours(mlp, x)
     _, logits = ref(x)
     torch.testing.assert_close(
-        ours.state.aux_loss(), 0.001 * ref_mixtral_loss(logits, 8, 2, None), atol=1e-9, rtol=1e-5
+        ours.state.aux_loss(),
+        0.001 * moe_peft_mixtral_loss(logits, 8, 2, None),
+        atol=1e-9,
+        rtol=1e-5,
     )

@@ -179,14 +179,15 @@ class Adapter(nn.Module):
         return self
 
 
-class AdaptedLinear(nn.Module):
-    """A frozen ``base_layer`` plus an ``adapter``: ``y = base(x) + adapter(dropout(x), x)``."""
+class AdapterWrapper(nn.Module):
+    """What ``inject`` puts in a model: the frozen original module (``base_layer``) and its
+    ``adapter``, switched off with ``enabled = False`` (save, load, merge and unload rely on these
+    three names)."""
 
-    def __init__(self, base_layer: nn.Module, adapter: Adapter, dropout: float) -> None:
+    def __init__(self, base_layer: nn.Module, adapter: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.adapter = adapter
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
 
     @property
@@ -196,6 +197,17 @@ class AdaptedLinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.adapter.out_features
+
+    def extra_repr(self) -> str:
+        return f"enabled={self.enabled}"
+
+
+class AdaptedLinear(AdapterWrapper):
+    """A frozen ``base_layer`` plus an ``adapter``: ``y = base(x) + adapter(dropout(x), x)``."""
+
+    def __init__(self, base_layer: nn.Module, adapter: Adapter, dropout: float) -> None:
+        super().__init__(base_layer, adapter)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @property
     def weight(self) -> torch.Tensor:  # some model code reads .weight of its projections
@@ -210,9 +222,6 @@ class AdaptedLinear(nn.Module):
         if not self.enabled:
             return out
         return out + self.adapter(self.dropout(x), x).to(out.dtype)
-
-    def extra_repr(self) -> str:
-        return f"enabled={self.enabled}"
 
 
 def build_adapter(

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from .adapter import Adapter, LayerContext, NotMergeableError, is_adaptable, layer_features
+from .adapter import (
+    Adapter,
+    AdapterWrapper,
+    LayerContext,
+    NotMergeableError,
+    is_adaptable,
+    layer_features,
+)
 
 if TYPE_CHECKING:
     from .config import AdapterConfig
@@ -117,31 +124,23 @@ class BlockAdapter(Adapter):
         )
 
 
-class AdaptedBlock(nn.Module):
+class AdaptedBlock(AdapterWrapper):
     """A frozen ``base_layer`` (the original block) plus a :class:`BlockAdapter`:
     ``y = adapter(base_layer, x)``, or ``base_layer(x)`` when disabled."""
 
     def __init__(self, base_layer: nn.Module, adapter: BlockAdapter) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        self.adapter = adapter
-        self.enabled = True
-
-    @property
-    def in_features(self) -> int:
-        return self.adapter.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.adapter.out_features
+        super().__init__(base_layer, adapter)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not self.enabled or args or kwargs:
+        if not self.enabled:
             return self.base_layer(x, *args, **kwargs)
+        if args or kwargs:  # never drop the adapter silently
+            raise TypeError(
+                f"{type(self.adapter).__name__} adapts a block called as block(x); this model "
+                f"passes more arguments ({len(args)} positional, {sorted(kwargs)}), which the "
+                "block adapter does not support"
+            )
         return self.adapter(self.base_layer, x)
-
-    def extra_repr(self) -> str:
-        return f"enabled={self.enabled}"
 
 
 @dataclass

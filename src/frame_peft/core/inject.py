@@ -24,7 +24,14 @@ from torch import nn
 
 from ..routing import RoutingState
 from ..routing.context import input_embedding_of, model_inputs
-from .adapter import AdaptedLinear, Adapter, LayerContext, is_adaptable, layer_features
+from .adapter import (
+    AdaptedLinear,
+    Adapter,
+    AdapterWrapper,
+    LayerContext,
+    is_adaptable,
+    layer_features,
+)
 from .blocks import AdaptedBlock, build_block, split_block_targets
 from .config import AdapterConfig, adapter_class
 
@@ -120,7 +127,7 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
             f"config must be an AdapterConfig (e.g. FrameConfig), got {type(config).__name__}"
         )
     if find_injection(model) is not None or any(
-        isinstance(m, AdaptedLinear | AdaptedBlock) for m in model.modules()
+        isinstance(m, AdapterWrapper) for m in model.modules()
     ):
         raise ValueError(
             "this model already has frame-peft adapters; call frame_peft.unload(model) (or "

@@ -120,6 +120,7 @@ def default_methods() -> dict[str, AdapterConfig | PeftMethod]:
         HMoRAConfig,
         HydraLoRAConfig,
         LoRAConfig,
+        MixLoRAConfig,
         MoELoRAConfig,
     )
 
@@ -131,7 +132,9 @@ def default_methods() -> dict[str, AdapterConfig | PeftMethod]:
         "fouriermoe (defaults)": FourierMoEConfig(target_modules=t),
         "hydralora (defaults)": HydraLoRAConfig(target_modules=t),
         "flylora (defaults)": FlyLoRAConfig(target_modules=t),
+        "mixlora (defaults)": MixLoRAConfig(target_modules=t),
         "hmora (defaults)": HMoRAConfig(target_modules=t),
+        "hmora (simplified)": HMoRAConfig.simplified(target_modules=t),
         "PEFT dora r=8": PeftMethod("dora"),
         "PEFT fourierft n=1000": PeftMethod("fourierft"),
         "PEFT adalora init_r=12 target_r=8": PeftMethod("adalora", {"total_step": 1000}),

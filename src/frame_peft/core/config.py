@@ -19,6 +19,9 @@ OVERRIDABLE = ("rank", "alpha", "num_experts", "top_k", "dropout")
 
 _REGISTRY: dict[str, tuple[type[AdapterConfig], type]] = {}
 
+#: How a router's weight (E, d_in) is initialised (:class:`RoutingConfig.router_init`).
+ROUTER_INITS = ("normal", "kaiming_uniform")
+
 
 def register_method(config_cls: type[AdapterConfig], adapter_cls: type) -> None:
     """Make a method available to ``inject``/``load_adapter`` under ``config_cls.method``.
@@ -215,6 +218,8 @@ class RoutingConfig(AdapterConfig):
         z_loss_coef: coefficient of the router z-loss (0 = off).
         router_jitter: multiplicative input noise U(1 − j, 1 + j) for the router in training
             (0 = off), in [0, 1).
+        router_init: ``"normal"`` (N(0, 0.02), Switch/Mixtral style) or ``"kaiming_uniform"``
+            (``nn.Linear``'s default, U(−1/√d_in, 1/√d_in), as MoLA's and HydraLoRA's code).
     """
 
     aux_kinds: ClassVar[tuple[str, ...]] = ("switch", "none")
@@ -227,6 +232,7 @@ class RoutingConfig(AdapterConfig):
     aux_loss_coef: float = 0.01
     z_loss_coef: float = 0.0
     router_jitter: float = 0.0
+    router_init: str = "normal"
 
     @classmethod
     def overridable(cls) -> tuple[str, ...]:
@@ -260,6 +266,10 @@ class RoutingConfig(AdapterConfig):
         check_number("aux_loss_coef", self.aux_loss_coef, 0.0)
         check_number("z_loss_coef", self.z_loss_coef, 0.0)
         check_number("router_jitter", self.router_jitter, 0.0, 1.0)
+        if self.router_init not in ROUTER_INITS:
+            raise ValueError(
+                f"router_init must be one of {list(ROUTER_INITS)}, got {self.router_init!r}"
+            )
 
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:

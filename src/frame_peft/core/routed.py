@@ -15,7 +15,10 @@ over valid tokens only (:mod:`frame_peft.routing.losses`).
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 
 from ..routing import Router, Routing, balance_and_z_losses, switch_loss
 from .adapter import Adapter, LayerContext
@@ -42,11 +45,16 @@ class RoutedAdapter(Adapter):
         self.z_coef = float(config.z_loss_coef)
 
     def make_router(self, in_features: int | None = None) -> Router:
-        """The linear top-k router of the config (weight (E, d_in) N(0, 0.02), float32)."""
-        return Router(
+        """The linear top-k router of the config: weight (E, d_in), float32, initialised as
+        ``config.router_init`` says (N(0, 0.02), or Kaiming-uniform as ``nn.Linear``)."""
+        router = Router(
             in_features or self.in_features, self.num_experts, self.top_k,
             self.config.router_jitter,
         )  # fmt: skip
+        if self.config.router_init == "kaiming_uniform":
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(router.weight, a=math.sqrt(5))
+        return router
 
     # What a method changes -------------------------------------------------------------------
     def routing(

@@ -138,6 +138,12 @@ class HMoRAConfig(RoutingConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.router_init != "normal":
+            raise ValueError(
+                f"router_init cannot be set for hmora (got {self.router_init!r}): its routers are "
+                "initialised by router_bias (True: nn.Linear's default, as the authors; False: "
+                "N(0, 0.02))"
+            )
         if self.z_loss_coef != 0:
             raise ValueError(
                 f"z_loss_coef must be 0 for hmora (got {self.z_loss_coef!r}): its gates mix the "

@@ -7,8 +7,6 @@ from typing import ClassVar
 
 from ...core.config import RoutingConfig
 
-ROUTER_INITS = ("kaiming_uniform", "normal")
-
 
 @dataclass
 class HydraLoRAConfig(RoutingConfig):
@@ -49,10 +47,3 @@ class HydraLoRAConfig(RoutingConfig):
     top_k: int | None = None
     aux_loss: str | None = "none"
     router_init: str = "kaiming_uniform"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.router_init not in ROUTER_INITS:
-            raise ValueError(
-                f"router_init must be one of {list(ROUTER_INITS)}, got {self.router_init!r}"
-            )

@@ -44,10 +44,7 @@ class HydraLoRAAdapter(RoutedAdapter):
         self.B = nn.Parameter(torch.zeros(e, out_features, r))
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        self.router = self.make_router()
-        if config.router_init == "kaiming_uniform":  # the authors' nn.Linear(d_in, E, bias=False)
-            with torch.no_grad():
-                nn.init.kaiming_uniform_(self.router.weight, a=math.sqrt(5))
+        self.router = self.make_router()  # the authors' nn.Linear(d_in, E, bias=False) init
 
     def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` per head: the shared A repeated, (E, r, d_in), and the heads (E, d_out, r)."""

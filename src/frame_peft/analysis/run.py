@@ -24,9 +24,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["NO_ROUTER_METHODS", "analyze_run", "held_out_batches"]
+__all__ = ["analyze_run", "held_out_batches"]
 
-NO_ROUTER_METHODS = ("lora", "flylora")  # no router: nothing to record on held-out tokens
+
+def _routed(model: Any) -> bool:
+    """Some adapter of ``model`` has a router (else there is nothing to record on held-out
+    tokens and no experts to decorrelate); asked of the adapters, never of the method name."""
+    from ..core.inject import find_injection
+
+    inj = find_injection(model)
+    return inj is not None and any(layer.adapter.has_router for layer in inj.layers.values())
 
 
 def _reference(ex: Any) -> Any | None:
@@ -151,7 +158,8 @@ def _analyze_one(
         )
     routing: dict[str, Any] = {}
     used: dict[str, int] = {}
-    if method in NO_ROUTER_METHODS:
+    routed = _routed(model)
+    if not routed:
         notes.append(f"{method} has no router: no held-out pass, no routing statistics")
     else:
         batches, used = held_out_batches(
@@ -181,7 +189,7 @@ def _analyze_one(
         model, order_log if order_log.is_file() else None, scan_log if scan_log.is_file() else None
     )
     dec = None
-    if method in NO_ROUTER_METHODS:
+    if not routed:
         notes.append(f"{method} has one update per module, not experts: decorrelation skipped")
     else:
         dec = decorrelation(model, coherence=coherence)

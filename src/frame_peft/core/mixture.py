@@ -56,6 +56,22 @@ def slotted_mixture(
     return h @ b.T
 
 
+def shared_a_mixture(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, gates: torch.Tensor
+) -> torch.Tensor:
+    """``Σ_e gates[:, e] · B_e A x`` when every expert shares one A (HydraLoRA's heads, HMoRA's
+    shared-A variant): ``h = x Aᵀ`` once, then the gate-scaled copies
+    ``(h[:, None, :] ⊙ g[..., None]).reshape(T, E·r)`` and one matmul with ``[B_1 … B_E]``.
+
+    Shapes: x (T, d_in), a (r, d_in), b (d_out, E·r) (columns e·r … e·r+r−1 are B_e),
+    gates (T, E) -> (T, d_out). Cost ``2·T·r·(d_in + E·d_out)`` flops.
+    """
+    num_experts, rank = gates.shape[-1], a.shape[0]
+    h = x @ a.T
+    h = (h.unsqueeze(1) * gates.to(h.dtype).unsqueeze(-1)).reshape(-1, num_experts * rank)
+    return h @ b.T
+
+
 def init_lora_factors(a: torch.Tensor, b: torch.Tensor) -> None:
     """A Kaiming-uniform (as PEFT and torch's Linear: a=√5) per expert, B zero."""
     with torch.no_grad():

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..._checks import check_all
 from ...core.adapter import LayerContext
-from ...core.mixture import LowRankMixture, init_lora_factors
+from ...core.mixture import LowRankMixture, init_lora_factors, shared_a_mixture
 from ...routing import Routing, top_k_gates
 from .config import GATE_UP_NAMES, QKV_NAMES, HMoRAConfig, initial_beta
 from .losses import entropy_loss, gjs_loss
@@ -271,10 +271,7 @@ class HMoRAAdapter(LowRankMixture):
         """``s · B((A x)(×E) ⊙ expand(g))`` for x (T, d_in), gates (T, E) -> (T, d_out)."""
         if not self.shared_a:
             return super().mix(x, gates)
-        e, r = self.num_experts, self.rank
-        h = x @ self.A.to(x.dtype).T  # (T, r)
-        h = (h.unsqueeze(1) * gates.to(h.dtype).unsqueeze(-1)).reshape(-1, e * r)
-        return self.scale * (h @ self.B.to(x.dtype).T)
+        return self.scale * shared_a_mixture(x, self.A.to(x.dtype), self.B.to(x.dtype), gates)
 
     def expert_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-expert views ``(A, B)``: (E, r, d_in) (shared A repeated) and (E, d_out, r)."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ...core.adapter import LayerContext, NotMergeableError
+from ...core.mixture import shared_a_mixture
 from ...core.routed import RoutedAdapter
 from .config import HydraLoRAConfig
 
@@ -55,11 +56,10 @@ class HydraLoRAAdapter(RoutedAdapter):
         lead = x.shape[:-1]
         gates = self.route(route_x).gates  # (T, E), dense
         xf = x.reshape(-1, self.in_features)
-        h = xf @ self.A.to(x.dtype).T  # (T, r)
         e, r = self.num_experts, self.rank
-        h = (h.unsqueeze(1) * gates.to(h.dtype).unsqueeze(-1)).reshape(-1, e * r)  # (T, E·r)
         b = self.B.to(x.dtype).permute(1, 0, 2).reshape(self.out_features, e * r)  # [B_1 … B_E]
-        return (self.scale * (h @ b.T)).reshape(*lead, self.out_features)
+        out = shared_a_mixture(xf, self.A.to(x.dtype), b, gates)
+        return (self.scale * out).reshape(*lead, self.out_features)
 
     def reference_forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         """Plain loop over heads: ``(α/r) Σ_e g_e · B_e A x`` (for tests; records no losses)."""

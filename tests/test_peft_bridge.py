@@ -164,3 +164,135 @@ def test_export_svd_truncation_error_reported(tmp_path):
         pb.export_peft_lora(model, tmp_path / "f")
     info = pb.export_peft_lora(model, tmp_path / "f", svd_rank=32)
     assert info["mode"] == "svd" and info["max_relative_error"] < 1e-5
+
+
+# -- What serving readers see ---------------------------------------------------------------------
+
+
+def _served_deltas(path, rule):
+    """ΔW per module as a server reads the export: the top-level ``r`` and ``lora_alpha`` only
+    (``rank_pattern``/``alpha_pattern`` are ignored, as vLLM's PEFTHelper drops every field it
+    does not know). ``rule="vllm"``: scaling = lora_alpha / r, one value for all modules, and a
+    module's rank may not exceed r (max_lora_rank checks r, buffers are r wide);
+    ``rule="llama.cpp"``: scaling = lora_alpha / <the module's tensor rank>."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    assert not cfg.get("use_rslora") and not cfg.get("use_dora")
+    tensors = load_file(str(path / "adapter_model.safetensors"))
+    out = {}
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        b = tensors[key.replace("lora_A", "lora_B")]
+        if rule == "vllm":
+            assert a.shape[0] <= r and b.shape[1] <= r, (name, a.shape, r)
+            scaling = alpha / r
+        else:
+            scaling = alpha / a.shape[0]
+        out[name] = scaling * (b.double() @ a.double())
+    return out
+
+
+def _rel(got, want):
+    return (torch.linalg.matrix_norm(got - want.double()) / torch.linalg.matrix_norm(want)).item()
+
+
+_OVERRIDES = {
+    # LoRA: rank 4, α = 8 by default; q_proj rank 2 and the MLP rank 6, each with its own α.
+    "lora": fp.LoRAConfig(
+        target_modules="all-linear",
+        rank=4,
+        dropout=0.0,
+        overrides={"q_proj": {"rank": 2, "alpha": 7.0}, "mlp": {"rank": 6, "alpha": 3.0}},
+    ),
+    # One-expert FRAME exports rank 2r: 4 by default, 6 for v_proj (with its own α), 2 for MLP.
+    "frame": fp.FrameConfig(
+        target_modules="all-linear",
+        num_experts=1,
+        top_k=1,
+        rank=2,
+        dropout=0.0,
+        overrides={"v_proj": {"rank": 3, "alpha": 1.5}, "mlp": {"rank": 1, "alpha": 5.0}},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ["lora", "frame"])
+def test_export_per_module_overrides_served_exactly(name, tmp_path):
+    """Per-module ranks and α: the default export has one r = lora_alpha = max rank and no
+    patterns, so PEFT, a vLLM-style reader and a llama.cpp-style reader all get frame-peft's ΔW."""
+    model = fp.inject(tiny_llama(), _OVERRIDES[name])
+    perturb(model, std=0.3)
+    layers = fp.adapted_layers(model)
+    scales = {layer.adapter.config.scale for layer in layers.values()}
+    assert len(scales) == 3  # the overrides really give the modules different scales
+    info = pb.export_peft_lora(model, tmp_path)
+    want_ranks = {"lora": {2, 4, 6}, "frame": {2, 4, 6}}[name]
+    assert set(info["rank"].values()) == want_ranks and info["r"] == 6
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["r"] == cfg["lora_alpha"] == 6
+    assert not cfg.get("rank_pattern") and not cfg.get("alpha_pattern")
+    assert info["max_relative_error"] < 1e-5
+    for rule in ("vllm", "llama.cpp"):
+        served = _served_deltas(tmp_path, rule)
+        assert set(served) == set(layers)
+        for module, layer in layers.items():
+            assert _rel(served[module], layer.adapter.delta_weight().detach()) < 1e-5, module
+    b = batch()
+    ref = _logits(model, b)
+    loaded = peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path)).eval()
+    assert (ref - _logits(tiny_llama(), b)).abs().max() > 1e-2
+    torch.testing.assert_close(_logits(loaded, b), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_export_without_padding_is_peft_only(tmp_path):
+    """uniform_rank=False keeps each module's rank (rank_pattern, alpha_pattern = rank: scaling
+    1): exact in PEFT and under vLLM's one-scaling rule, wrong under llama.cpp's per-tensor rule
+    (which is why padding is the default)."""
+    model = fp.inject(tiny_llama(), _OVERRIDES["lora"])
+    perturb(model, std=0.3)
+    padded = pb.export_peft_lora(model, tmp_path / "padded")
+    info = pb.export_peft_lora(model, tmp_path / "own", uniform_rank=False)
+    cfg = json.loads((tmp_path / "own" / "adapter_config.json").read_text())
+    assert cfg["r"] == cfg["lora_alpha"] == 6
+    assert cfg["rank_pattern"] and cfg["rank_pattern"] == cfg["alpha_pattern"]
+    assert set(cfg["rank_pattern"].values()) == {2, 4}
+    size = {
+        p: (tmp_path / p / "adapter_model.safetensors").stat().st_size for p in ("padded", "own")
+    }
+    assert size["own"] < size["padded"]  # the cost of padding
+    assert info["rank"] == padded["rank"] and info["max_relative_error"] < 1e-5
+    b = batch()
+    loaded = peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "own")).eval()
+    torch.testing.assert_close(_logits(loaded, b), _logits(model, b), atol=1e-5, rtol=1e-5)
+    layers = fp.adapted_layers(model)
+    vllm = _served_deltas(tmp_path / "own", "vllm")
+    llama_cpp = _served_deltas(tmp_path / "own", "llama.cpp")
+    for module, layer in layers.items():
+        want = layer.adapter.delta_weight().detach()
+        assert _rel(vllm[module], want) < 1e-5
+        if info["rank"][module] != 6:
+            assert _rel(llama_cpp[module], want) > 0.1
+
+
+def test_export_svd_served_exactly(tmp_path):
+    """SVD export of modules with different scales: the scale is folded into B, so one
+    r = lora_alpha serves every module, and the served ΔW is the truncation PEFT loads."""
+    model = fp.inject(tiny_llama(), _OVERRIDES["lora"])
+    perturb(model, std=0.3)
+    info = pb.export_peft_lora(model, tmp_path, svd_rank=3)
+    assert info["mode"] == "svd" and info["r"] == 3
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["r"] == cfg["lora_alpha"] == 3 and not cfg.get("alpha_pattern")
+    loaded = peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path)).eval()
+    served = _served_deltas(tmp_path, "vllm")
+    for module, layer in fp.adapted_layers(model).items():
+        want = layer.adapter.delta_weight().detach()
+        peft_delta = loaded.base_model.model.get_submodule(module).get_delta_weight("default")
+        torch.testing.assert_close(served[module], peft_delta.double(), atol=1e-6, rtol=1e-5)
+        assert _rel(served[module], want) == pytest.approx(info["relative_error"][module], abs=1e-6)
+        # q_proj (rank 2) is exact at k = 3; the rank-4 and rank-6 modules are truncated
+        assert (info["relative_error"][module] < 1e-5) == (layer.adapter.config.rank <= 3)

@@ -15,13 +15,13 @@ Two directions:
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._files import atomic_write_bytes, write_json
 from .core.adapter import NotMergeableError, conv1d_class
 from .core.inject import STATE_ATTR, find_injection, require_injection
 from .core.inject import aux_loss as _fp_aux_loss
@@ -202,41 +202,60 @@ def export_peft_lora(
     path: str | Path,
     svd_rank: int | None = None,
     task_type: str | None = "auto",
+    uniform_rank: bool = True,
 ) -> dict[str, Any]:
     """Write the frame-peft adapters of ``model`` as a PEFT LoRA adapter in ``path``.
 
-    Files: ``adapter_config.json`` (``peft.LoraConfig``: ``r``, ``lora_alpha``, the adapted
-    modules' full names as ``target_modules``, ``rank_pattern``/``alpha_pattern`` where modules
-    differ, ``fan_in_fan_out`` for GPT-2 Conv1D) and ``adapter_model.safetensors`` with keys
-    ``base_model.model.<module>.lora_A.weight`` (R, d_in) and ``...lora_B.weight`` (d_out, R).
+    Files: ``adapter_config.json`` (``peft.LoraConfig``: ``r``, ``lora_alpha = r``, the adapted
+    modules' full names as ``target_modules``, ``fan_in_fan_out`` for GPT-2 Conv1D) and
+    ``adapter_model.safetensors`` with keys ``base_model.model.<module>.lora_A.weight`` (R, d_in)
+    and ``...lora_B.weight`` (d_out, R). Both are written atomically.
+
+    Every module's scale is folded into its B (``B' = scale · B``) and ``lora_alpha = r``, so the
+    scaling ``lora_alpha / r`` is 1 for every module. Serving readers apply one scaling from the
+    top-level ``r`` and ``lora_alpha`` (vLLM's ``PEFTHelper`` ignores ``rank_pattern`` and
+    ``alpha_pattern``; llama.cpp uses ``lora_alpha / <rank of the tensor>``), which is why
+    per-module scales may not live in patterns.
+
+    - ``uniform_rank=True`` (default): modules of lower rank are zero-padded to the largest rank
+      R (A gets zero rows, B' zero columns: the product is unchanged, exactly), and the config
+      has ``r = lora_alpha = R`` and no ``rank_pattern``/``alpha_pattern``: exact in PEFT, vLLM,
+      TGI and llama.cpp. Costs the padding's memory: a module of rank k stores R/k times its
+      factors (the file, PEFT, llama.cpp; vLLM sizes its buffers by ``max_lora_rank`` anyway).
+    - ``uniform_rank=False``: each module keeps its own rank; ``r = lora_alpha = R`` and, for the
+      lower-rank modules, ``rank_pattern`` with an equal ``alpha_pattern`` (scaling 1). Exact in
+      PEFT only: llama.cpp would scale those modules by R/k. Use it for PEFT-only consumers.
+
+    Modes:
 
     - ``svd_rank=None``: exact export of every adapter stored as low-rank factors
-      (``adapter.merge_factors()``): LoRA keeps its A, B and α; a one-expert MoE-LoRA, FRAME or
-      HMoRA, a one-head HydraLoRA and FlyLoRA with top_k == rank export their effective factors
-      (rank r, or 2r for FRAME, whose ``Re(T^H B A T)`` has rank up to 2r) with
-      ``lora_alpha = scale · R`` so PEFT's α/R equals frame-peft's scale. Any other adapter
-      raises (pass ``svd_rank``).
+      (``adapter.merge_factors()``): LoRA's A, B; a one-expert MoE-LoRA, FRAME or HMoRA, a
+      one-head HydraLoRA and FlyLoRA with top_k == rank export their effective factors (rank r,
+      or 2r for FRAME, whose ``Re(T^H B A T)`` has rank up to 2r). Any other adapter raises
+      (pass ``svd_rank``).
     - ``svd_rank=k``: every module's ``delta_weight()`` is truncated by SVD to rank
-      ``min(k, d_in, d_out)`` (works for any mergeable adapter, e.g. one-expert FourierMoE),
-      with ``lora_alpha = R`` (scaling 1).
+      ``min(k, d_in, d_out)`` (works for any mergeable adapter, e.g. one-expert FourierMoE).
 
     Routed mixtures (E > 1, or FlyLoRA with top_k < rank) have no single ΔW and are refused with
     :class:`frame_peft.NotMergeableError` in both modes, before anything is written.
 
-    Returns ``{"path", "rank": {module: R}, "relative_error": {module: ‖ΔW_peft − ΔW‖_F / ‖ΔW‖_F},
-    "max_relative_error", "mode": "exact" | "svd"}``; the error is measured on the exported
-    factors (float64), so it is ~1e-7 for exact exports and the truncation error for SVD.
+    Returns ``{"path", "mode": "exact" | "svd", "r": R, "rank": {module: its own rank before
+    padding}, "relative_error": {module: ‖ΔW_peft − ΔW‖_F / ‖ΔW‖_F}, "max_relative_error"}``;
+    the error is measured on the written factors (in float64), so it is ~1e-7 for exact float32
+    exports and the truncation error for SVD.
     """
     peft = _peft()
     if svd_rank is not None and (
         isinstance(svd_rank, bool) or not isinstance(svd_rank, int) or svd_rank < 1
     ):
         raise ValueError(f"svd_rank must be None or a positive integer, got {svd_rank!r}")
+    if not isinstance(uniform_rank, bool):
+        raise ValueError(f"uniform_rank must be True or False, got {uniform_rank!r}")
     inj = require_injection(model)
     root = model if getattr(model, STATE_ATTR, None) is inj else model.module
     conv = conv1d_class()
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
-    errors: dict[str, float] = {}
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    deltas: dict[str, torch.Tensor] = {}
     fan_in_fan_out = False
     for name, layer in inj.layers.items():  # check every module before writing anything
         adapter = layer.adapter
@@ -247,7 +266,8 @@ def export_peft_lora(
             raise NotMergeableError(
                 f"cannot export {name} as LoRA: {err}. A routed mixture applies a different "
                 "update to each token; only adapters with one fixed ΔW export (LoRA, one-expert "
-                "MoE-LoRA/FRAME, or svd_rank for other mergeable adapters)"
+                "MoE-LoRA/FRAME, or svd_rank for other mergeable adapters). Serve it in-process "
+                "instead (model.generate; docs/peft_bridge.md)"
             ) from err
         if svd_rank is None:
             with torch.no_grad():
@@ -261,47 +281,71 @@ def export_peft_lora(
         else:
             a, b, scaling = _svd_factors(delta, svd_rank)
         dtype = adapter_dtype(adapter)
-        a, b = a.to(dtype).contiguous().cpu(), b.to(dtype).contiguous().cpu()
-        factors[name] = (a, b, scaling)
-        errors[name] = _relative_error(scaling * (b.double() @ a.double()), delta.cpu())
+        b = b.double() * float(scaling)  # fold the scale into B: every module's scaling is 1
+        factors[name] = (a.to(dtype).contiguous().cpu(), b.to(dtype).contiguous().cpu())
+        deltas[name] = delta.cpu()
         if conv is not None and isinstance(layer.base_layer, conv):
             fan_in_fan_out = True
 
-    ranks = {n: int(a.shape[0]) for n, (a, _, _) in factors.items()}
-    alphas = {n: s * ranks[n] for n, (_, _, s) in factors.items()}
-    r = Counter(ranks.values()).most_common(1)[0][0]
-    alpha = Counter(alphas.values()).most_common(1)[0][0]
+    ranks = {n: int(a.shape[0]) for n, (a, _) in factors.items()}
+    r = max(ranks.values())
+    if uniform_rank:
+        factors = {n: _pad_rank(a, b, r) for n, (a, b) in factors.items()}
+    errors = {
+        n: _relative_error(b.double() @ a.double(), deltas[n]) for n, (a, b) in factors.items()
+    }
+    patterns = {} if uniform_rank else {f"^{n}$": k for n, k in ranks.items() if k != r}
     if task_type == "auto":
         task_type = "CAUSAL_LM" if hasattr(root, "generate") and hasattr(root, "config") else None
     config = peft.LoraConfig(
         r=r,
-        lora_alpha=alpha,
+        lora_alpha=r,
         target_modules=sorted(factors),
-        rank_pattern={f"^{n}$": k for n, k in ranks.items() if k != r},
-        alpha_pattern={f"^{n}$": v for n, v in alphas.items() if v != alpha},
+        rank_pattern=dict(patterns),
+        alpha_pattern=dict(patterns),
         lora_dropout=float(inj.config.dropout),
         fan_in_fan_out=fan_in_fan_out,
         bias="none",
         task_type=task_type,
         base_model_name_or_path=getattr(getattr(root, "config", None), "_name_or_path", None),
     )
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(out))
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for name, (a, b, _) in factors.items():
-        tensors[f"base_model.model.{name}.lora_A.weight"] = a
-        tensors[f"base_model.model.{name}.lora_B.weight"] = b
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    _write_lora(Path(path), config, factors)
     return {
-        "path": str(out),
+        "path": str(path),
         "mode": "exact" if svd_rank is None else "svd",
+        "r": r,
         "rank": ranks,
         "relative_error": errors,
         "max_relative_error": max(errors.values(), default=0.0),
     }
+
+
+def _pad_rank(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) zero-padded to ``rank``: A (k, d_in) gets zero rows, B (d_out, k) zero columns, so
+    ``B @ A`` is unchanged exactly (the extra terms are products with zero)."""
+    k = a.shape[0]
+    if k == rank:
+        return a, b
+    a = torch.cat([a, a.new_zeros(rank - k, a.shape[1])], dim=0)
+    b = torch.cat([b, b.new_zeros(b.shape[0], rank - k)], dim=1)
+    return a.contiguous(), b.contiguous()
+
+
+def _write_lora(out: Path, config: Any, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """Write ``adapter_config.json`` (as PEFT's ``save_pretrained`` formats it: sets as lists,
+    indent 2, sorted keys) and ``adapter_model.safetensors``, each atomically."""
+    from safetensors.torch import save
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, (a, b) in factors.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b
+    data = save(tensors, metadata={"format": "pt"})
+    atomic_write_bytes(out / "adapter_model.safetensors", data)
+    cfg = config.to_dict()
+    cfg = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
+    write_json(out / "adapter_config.json", cfg, indent=2, sort_keys=True, newline=False)
 
 
 def adapter_dtype(adapter: nn.Module) -> torch.dtype:

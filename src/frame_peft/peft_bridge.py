@@ -220,11 +220,15 @@ def export_peft_lora(
     - ``uniform_rank=True`` (default): modules of lower rank are zero-padded to the largest rank
       R (A gets zero rows, B' zero columns: the product is unchanged, exactly), and the config
       has ``r = lora_alpha = R`` and no ``rank_pattern``/``alpha_pattern``: exact in PEFT, vLLM,
-      TGI and llama.cpp. Costs the padding's memory: a module of rank k stores R/k times its
-      factors (the file, PEFT, llama.cpp; vLLM sizes its buffers by ``max_lora_rank`` anyway).
+      llama.cpp and any reader applying one ``lora_alpha / r``. Costs the padding's memory: a
+      module of rank k stores R/k times its factors (the file, PEFT, llama.cpp; vLLM sizes its
+      buffers by ``max_lora_rank`` anyway).
     - ``uniform_rank=False``: each module keeps its own rank; ``r = lora_alpha = R`` and, for the
       lower-rank modules, ``rank_pattern`` with an equal ``alpha_pattern`` (scaling 1). Exact in
       PEFT only: llama.cpp would scale those modules by R/k. Use it for PEFT-only consumers.
+
+    FRAME exports rank 2r, so a server must allow rank ≥ the returned ``r`` (vLLM:
+    ``--max-lora-rank``).
 
     Modes:
 

@@ -14,6 +14,8 @@ scheduler and a Hugging Face ``Trainer``.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
 from itertools import chain
@@ -22,7 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["AdapterOptimizer", "build_optimizer", "is_order_parameter"]
+__all__ = [
+    "AdapterOptimizer",
+    "build_optimizer",
+    "deepspeed_evidence",
+    "is_order_parameter",
+    "refuse_unsupported_engine",
+]
 
 ORDER_SUFFIX = "order_logits"
 
@@ -51,6 +59,58 @@ def is_order_parameter(name: str) -> bool:
         ``True`` when ``name`` ends with ``"order_logits"``.
     """
     return name.endswith(ORDER_SUFFIX)
+
+
+def deepspeed_evidence(args: Any = None) -> str | None:
+    """What says DeepSpeed drives this run, or ``None`` when nothing does.
+
+    Looked at, in order: ``args.deepspeed`` / ``args.deepspeed_plugin`` of a
+    ``transformers.TrainingArguments`` (when given); the ``ACCELERATE_USE_DEEPSPEED`` variable,
+    which ``accelerate launch --use_deepspeed`` (or a DeepSpeed accelerate config) and an
+    ``Accelerator`` built with a ``DeepSpeedPlugin`` set; accelerate's shared state, when
+    accelerate is already imported and its distributed type is DEEPSPEED.
+    """
+    if args is not None and getattr(args, "deepspeed", None):
+        return f"TrainingArguments.deepspeed={args.deepspeed!r}"
+    if args is not None and getattr(args, "deepspeed_plugin", None) is not None:
+        return "TrainingArguments.deepspeed_plugin is set"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").strip().lower() in ("1", "true"):
+        return "ACCELERATE_USE_DEEPSPEED=true (accelerate launch --use_deepspeed / DeepSpeedPlugin)"
+    state = sys.modules.get("accelerate.state")  # only look if accelerate is already in use
+    if state is not None:
+        for cls in (state.PartialState, state.AcceleratorState):
+            kind = getattr(cls, "_shared_state", {}).get("distributed_type")
+            if kind is not None and str(getattr(kind, "value", kind)).upper() == "DEEPSPEED":
+                return f"accelerate's {cls.__name__} is set up for DeepSpeed"
+    return None
+
+
+def refuse_unsupported_engine(args: Any = None) -> None:
+    """Raise when the run is driven by DeepSpeed, which does not step an :class:`AdapterOptimizer`.
+
+    transformers' ``Trainer`` under DeepSpeed drops the optimizer passed in ``optimizers=`` and
+    builds its own AdamW at ``TrainingArguments.learning_rate`` (``deepspeed_init`` sets
+    ``trainer.optimizer = None`` and calls ``create_optimizer()``), so FRAME's order optimizer
+    never steps and the per-set clips never run; accelerate hands the optimizer to DeepSpeed's
+    ZeRO wrapper, which re-partitions its parameter groups. Nothing fails on its own.
+
+    Args:
+        args: a ``transformers.TrainingArguments`` to inspect as well (optional).
+
+    Raises:
+        RuntimeError: naming the evidence and what to use instead.
+    """
+    evidence = deepspeed_evidence(args)
+    if evidence is None:
+        return
+    raise RuntimeError(
+        f"frame_peft's AdapterOptimizer does not support DeepSpeed ({evidence}): DeepSpeed "
+        "replaces or wraps the optimizer (transformers' Trainer builds its own AdamW at "
+        "TrainingArguments.learning_rate, so the FRAME order optimizer never steps). Use DDP or "
+        "FSDP2 instead: frame_peft.training.Trainer with TrainConfig(distributed='ddp' or 'fsdp'), "
+        "or transformers' Trainer with optimizers=(opt, sched) (DDP), launched with torchrun or "
+        "`accelerate launch --multi_gpu` without --use_deepspeed / TrainingArguments(deepspeed=...)"
+    )
 
 
 def _check_clip(value: float | None, what: str) -> float | None:
@@ -140,6 +200,7 @@ class AdapterOptimizer(torch.optim.Optimizer):
         max_grad_norm: clip for ``main`` (``None``: no clipping).
         order_max_grad_norm: clip for ``order`` (``None``: no clipping).
         foreach: passed to ``torch.nn.utils.clip_grad_norm_``.
+        steps_taken: how many times :meth:`step` ran (not saved in the state dict).
     """
 
     def __init__(
@@ -161,9 +222,12 @@ class AdapterOptimizer(torch.optim.Optimizer):
             foreach: ``foreach`` argument of ``torch.nn.utils.clip_grad_norm_``.
 
         Raises:
+            RuntimeError: under DeepSpeed (:func:`refuse_unsupported_engine`); checked again at
+                the first :meth:`step`, since an ``Accelerator`` may be set up after this.
             TypeError: if ``main`` or ``order`` is not a ``torch.optim.Optimizer``.
             ValueError: if a clip value is not positive, or a parameter is in both optimizers.
         """
+        refuse_unsupported_engine()
         for what, opt in (("main", main), ("order", order)):
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"{what} must be a torch.optim.Optimizer, got {type(opt).__name__}")
@@ -181,6 +245,7 @@ class AdapterOptimizer(torch.optim.Optimizer):
         self._last_grad_norms: dict[str, torch.Tensor | None] = {"main": None, "order": None}
         self._init_hooks()
         self._warned_capturable_if_run_uncaptured = True
+        self.steps_taken = 0
 
     # ---- torch.optim.Optimizer plumbing -------------------------------------------------------
 
@@ -252,7 +317,12 @@ class AdapterOptimizer(torch.optim.Optimizer):
 
         Returns:
             The closure's return value, or ``None``.
+
+        Raises:
+            RuntimeError: at the first step, under DeepSpeed (:func:`refuse_unsupported_engine`).
         """
+        if not self.steps_taken:
+            refuse_unsupported_engine()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -263,6 +333,7 @@ class AdapterOptimizer(torch.optim.Optimizer):
         }
         self.main.step()
         self.order.step()
+        self.steps_taken = self.__dict__.get("steps_taken", 0) + 1
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -424,6 +495,8 @@ def build_optimizer(
 
     Raises:
         ValueError: if ``model`` has no trainable parameters, or a clip value is not positive.
+        RuntimeError: under DeepSpeed, which replaces or wraps this optimizer
+            (:func:`refuse_unsupported_engine`).
     """
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []

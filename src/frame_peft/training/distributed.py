@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,46 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 def launcher_world_size() -> int:
     """``WORLD_SIZE`` set by torchrun / accelerate launch, or 1 without a launcher."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# Set by MPI launchers: accelerate's simple launcher with an MPI hostfile does run N processes.
+_MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+_warned_dropped_processes = False
+
+
+def dropped_processes_message() -> str | None:
+    """Why this run looks like ``accelerate launch --num_processes N`` that started one process.
+
+    Without ``--multi_gpu`` (and always with ``--cpu``), ``accelerate launch`` takes its
+    single-process launcher: it runs the script once, with no ``WORLD_SIZE``/``RANK``, but still
+    sets ``MASTER_ADDR``/``MASTER_PORT`` when more than one process (or machine) was requested
+    (``accelerate.utils.launch.prepare_simple_launcher_cmd_env``). ``ACCELERATE_DYNAMO_BACKEND``
+    marks that launcher. Returns ``None`` for any other start (plain python, torchrun, MPI).
+    """
+    env = os.environ
+    if "ACCELERATE_DYNAMO_BACKEND" not in env or "MASTER_ADDR" not in env:
+        return None
+    if launcher_world_size() > 1 or "RANK" in env or any(v in env for v in _MPI_SIZE_VARS):
+        return None
+    return (
+        "accelerate launch was asked for more than one process (MASTER_ADDR is set) but started "
+        "one: WORLD_SIZE is unset, so this process trains alone. Add --multi_gpu (it also runs "
+        "CPU-only, without --cpu) or use torchrun --nproc_per_node N"
+    )
+
+
+def warn_if_processes_dropped() -> bool:
+    """Warn once per process (``RuntimeWarning``) when :func:`dropped_processes_message` applies.
+
+    Returns:
+        Whether the condition holds (also on calls after the first, which do not warn again).
+    """
+    global _warned_dropped_processes
+    message = dropped_processes_message()
+    if message is not None and not _warned_dropped_processes:
+        _warned_dropped_processes = True
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return message is not None
 
 
 def _dtensor_cls() -> type | None:
@@ -111,12 +152,15 @@ def _pick_device(requested: str | None, local_rank: int, model: nn.Module) -> to
 
 def setup(mode: str, device: str | None, model: nn.Module) -> DistEnv:
     """Resolve ``mode`` (``"auto"``: DDP under a multi-process launcher, else ``"none"``), start
-    the process group when needed, and pick the device.
+    the process group when needed, and pick the device. With a world size of 1 it warns when
+    ``accelerate launch`` dropped requested processes (:func:`warn_if_processes_dropped`).
 
     Raises:
         ValueError: ``"ddp"``/``"fsdp"`` without the launcher's environment variables.
     """
     world = launcher_world_size()
+    if world == 1:
+        warn_if_processes_dropped()
     if mode == "auto":
         mode = "ddp" if world > 1 else "none"
     if mode == "none":

@@ -18,11 +18,17 @@ process). Single process, or DDP where every process gathers the same statistics
 
 Checkpoints the Trainer writes after a scan hold its result (orders, ``order_pins`` and the reset
 experts are part of the model's state dict), so resuming from them does not rerun it.
+
+:class:`AdapterOptimizerHFCallback` checks, before the first training step, that the Trainer
+really steps the :class:`~frame_peft.optim.AdapterOptimizer` you passed in ``optimizers=``:
+under DeepSpeed the Trainer silently drops it and builds its own AdamW. Both callbacks refuse
+DeepSpeed at ``on_init_end`` (when given in ``Trainer(callbacks=[...])``) and ``on_train_begin``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,8 @@ import torch
 from .._files import append_json_line
 from ..core.inject import require_injection
 from ..methods.frame.scan import scan_orders, scan_steps
+from ..optim import AdapterOptimizer, refuse_unsupported_engine
+from .distributed import warn_if_processes_dropped
 from .order_scan import SCANS_FILE, gather_stats
 
 try:
@@ -44,6 +52,73 @@ def _inner_model(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module"):
         model = model.module
     return model
+
+
+def _check_engine(args: Any) -> None:
+    """Refuse DeepSpeed, warn when accelerate launch dropped processes (both before any step)."""
+    refuse_unsupported_engine(args)
+    if max(1, getattr(args, "world_size", 1)) == 1:
+        warn_if_processes_dropped()
+
+
+class AdapterOptimizerHFCallback(_HFCallback):
+    """Fails loudly when ``transformers.Trainer`` would not step ``optimizer`` (see the list).
+
+    ```python
+    opt = build_optimizer(model)
+    trainer = Trainer(model=model, args=args, optimizers=(opt, sched),
+                      callbacks=[AdapterOptimizerHFCallback(opt)])
+    ```
+
+    * ``on_init_end`` (callbacks given to the constructor) and ``on_train_begin``: raise under
+      DeepSpeed (:func:`~frame_peft.optim.refuse_unsupported_engine`); warn when
+      ``accelerate launch --num_processes N`` without ``--multi_gpu`` started one process.
+    * ``on_train_begin``: warn when ``args.max_grad_norm > 0``, the Trainer's joint clip that
+      the per-set clips cannot undo (``docs/optim.md``).
+    * ``on_optimizer_step``: raise when the Trainer stepped an optimizer but not ``optimizer``
+      (a ``create_optimizer`` override, or an engine that replaced it). The Trainer's callbacks
+      only see the optimizer given at construction, so a replacement can first be seen here,
+      after the first step (with fp16, after 10, since the loss scaler may skip steps).
+
+    Args:
+        optimizer: the :class:`~frame_peft.optim.AdapterOptimizer` passed in ``optimizers=``.
+    """
+
+    def __init__(self, optimizer: AdapterOptimizer) -> None:
+        if not isinstance(optimizer, AdapterOptimizer):
+            raise TypeError(
+                "AdapterOptimizerHFCallback needs the AdapterOptimizer passed to the Trainer "
+                f"(frame_peft.optim.build_optimizer), got {type(optimizer).__name__}"
+            )
+        self.optimizer = optimizer
+
+    def on_init_end(self, args, state, control, **kwargs):
+        _check_engine(args)
+        return control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        _check_engine(args)
+        self._seen_steps = 0
+        if getattr(args, "max_grad_norm", 0) and args.max_grad_norm > 0:
+            warnings.warn(
+                f"TrainingArguments.max_grad_norm={args.max_grad_norm} clips all parameters "
+                "jointly before AdapterOptimizer's per-set clips; set max_grad_norm=0.0 "
+                "(docs/optim.md)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return control
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self._seen_steps = getattr(self, "_seen_steps", 0) + 1
+        if self.optimizer.steps_taken == 0 and self._seen_steps >= (10 if args.fp16 else 1):
+            raise RuntimeError(
+                f"transformers.Trainer took {self._seen_steps} optimizer step(s) without stepping "
+                "the AdapterOptimizer given to AdapterOptimizerHFCallback: something replaced it "
+                "(DeepSpeed, or a create_optimizer override), so FRAME's order optimizer and the "
+                "per-set clips do not run. Pass it as Trainer(optimizers=(opt, sched))"
+            )
+        return control
 
 
 class OrderScanHFCallback(_HFCallback):
@@ -71,7 +146,12 @@ class OrderScanHFCallback(_HFCallback):
         self.steps: list[int] = []
         self.reports: list[dict[str, Any]] = []
 
+    def on_init_end(self, args, state, control, **kwargs):
+        _check_engine(args)
+        return control
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        _check_engine(args)
         config = require_injection(_inner_model(model)).config
         if getattr(config, "order_search", None) != "scan":
             raise ValueError(

@@ -21,7 +21,7 @@ ROOT = "frame_peft"  # the package itself: its __init__ re-exports the public AP
 
 #: Layer of every part (docs/architecture.md, "The layers"); lower layers never import higher.
 LAYERS = {
-    "_files": 0, "_tables": 0, "_checks": 0, "_version": 0,  # utilities
+    "_files": 0, "_tables": 0, "_checks": 0, "_version": 0, "engines": 0,  # utilities
     "transforms": 1,  # maths
     "routing": 2,
     "core": 3,

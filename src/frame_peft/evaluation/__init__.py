@@ -37,6 +37,7 @@ from .lm_eval_bridge import (
     write_local_task_yaml,
 )
 from .math_answer import extract_answer, math_equal, normalize_answer, parse_number
+from .math_verify_check import answers_equal, math_verify_available, resolve_checker, symbolic_equal
 from .multiple_choice import (
     MultipleChoiceOutput,
     encode_pair,
@@ -56,6 +57,7 @@ __all__ = [
     "MultipleChoiceOutput",
     "SandboxResult",
     "TaskResult",
+    "answers_equal",
     "build_program",
     "comparison_table",
     "cut_at_stop",
@@ -71,13 +73,16 @@ __all__ = [
     "lm_eval_metrics",
     "loglikelihoods",
     "math_equal",
+    "math_verify_available",
     "mbpp_program",
     "namespace_available",
     "normalize_answer",
     "parse_number",
+    "resolve_checker",
     "run_code_tests",
     "run_many",
     "score_multiple_choice",
+    "symbolic_equal",
     "task_info",
     "write_local_mc_task",
     "write_local_task_yaml",

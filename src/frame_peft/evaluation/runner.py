@@ -5,7 +5,10 @@ Each task is scored by its kind:
 - multiple choice → :func:`~frame_peft.evaluation.multiple_choice.score_multiple_choice`
   (``acc``, ``acc_norm``);
 - math → greedy generation (stops: ``example.meta["stop"]`` or :data:`MATH_STOPS`),
-  :func:`extract_answer`, :func:`math_equal` against ``example.answer`` (``exact_match``);
+  :func:`extract_answer`, compared with ``example.answer`` (``exact_match``) by the checker
+  :func:`~frame_peft.evaluation.math_verify_check.resolve_checker` picks for the task
+  (``math-verify`` for MATH, :func:`math_equal` for GSM8K-style numbers; recorded in
+  ``metadata["math_checkers"]``);
 - code → greedy generation (stops: ``meta["stop"]``, else :data:`HUMANEVAL_STOPS` when the
   tests define ``check`` and :data:`MBPP_STOPS` otherwise; with ``chat=True`` no default stops
   and the first fenced block is taken), then ``prompt + completion + tests`` run in the sandbox
@@ -37,7 +40,8 @@ from .generation import (
     extract_code,
     generate_completions,
 )
-from .math_answer import extract_answer, math_equal
+from .math_answer import extract_answer
+from .math_verify_check import CHECKERS, answers_equal, resolve_checker
 from .multiple_choice import score_multiple_choice
 from .results import EvalResults, TaskResult
 
@@ -110,7 +114,7 @@ def _method_name(model: nn.Module) -> str:
     return "base"
 
 
-def _score_math(model, tokenizer, examples, *, settings, progress, task):
+def _score_math(model, tokenizer, examples, *, settings, progress, task, checker):
     stops = [ex.meta.get("stop", MATH_STOPS) for ex in examples]
     completions = _generate_by_stop(model, tokenizer, examples, stops, settings, progress, task)
     records, correct = [], 0
@@ -118,7 +122,7 @@ def _score_math(model, tokenizer, examples, *, settings, progress, task):
         if ex.answer is None:
             raise ValueError(f"{ex.task}/{ex.uid}: math example without an answer")
         pred = extract_answer(text)
-        ok = math_equal(pred, ex.answer)
+        ok = answers_equal(pred, ex.answer, checker)
         correct += ok
         records.append(
             {"uid": ex.uid, "completion": text, "pred": pred, "gold": ex.answer, "correct": ok}
@@ -186,6 +190,7 @@ def evaluate(
     code_timeout: float = 10.0,
     code_workers: int = 4,
     chat: bool = False,
+    math_checker: str = "auto",
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
 ) -> EvalResults:
@@ -195,16 +200,24 @@ def evaluate(
     ``.predictions``, and ``metadata`` = ``{"method", "model_id", "parameters", "settings",
     "timings"}`` updated with the caller's ``metadata`` (which wins: pass ``method``, ``seed``,
     ``splits``, ...). ``code_workers`` sandboxes run at once.
+
+    ``math_checker`` (``"auto"``, ``"math_verify"``, ``"normalized"``) decides how math answers
+    are compared (:mod:`frame_peft.evaluation.math_verify_check`); ``metadata["math_checkers"]``
+    records the checker each math task was scored with.
     """
     if not examples:
         raise ValueError("evaluate needs at least one task")
+    if math_checker not in CHECKERS:
+        raise ValueError(f"math_checker must be one of {CHECKERS}, got {math_checker!r}")
     settings = {
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
         "code_timeout": code_timeout,
         "code_workers": code_workers,
         "chat": chat,
+        "math_checker": math_checker,
     }
+    checkers: dict[str, str] = {}
     results = EvalResults()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -221,9 +234,11 @@ def evaluate(
                 )
                 metrics, records = mc.metrics, mc.predictions
             elif kind == TaskKind.MATH:
+                checkers[task] = resolve_checker(task, math_checker)
                 metrics, records = _score_math(
-                    model, tokenizer, items, settings=settings, progress=progress, task=task
-                )
+                    model, tokenizer, items, settings=settings, progress=progress, task=task,
+                    checker=checkers[task],
+                )  # fmt: skip
             else:
                 metrics, records = _score_code(
                     model, tokenizer, items, settings=settings, progress=progress, task=task
@@ -238,6 +253,7 @@ def evaluate(
         "model_id": model_id(model),
         "parameters": _parameters(model),
         "settings": settings,
+        "math_checkers": checkers,
         "timings": {"total_seconds": round(time.perf_counter() - start, 3), "tasks": timings},
         **dict(metadata or {}),
     }

@@ -21,6 +21,10 @@ terminating fraction as a decimal (``1/2`` → ``0.5``), any other fraction as `
 :func:`math_equal` is ``True`` when the normalised strings are equal, or both are numbers and
 equal as exact fractions, or (not both integers) within ``1e-6 · max(1, |gold|)`` (so
 ``0.3333333`` matches ``1/3`` but ``100005`` never matches ``100000``).
+
+:func:`math_equal` scores GSM8K-style tasks (numbers, option letters). MATH answers are LaTeX
+expressions and go through the symbolic checker of
+:mod:`frame_peft.evaluation.math_verify_check` (math-verify), which falls back to this one.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ gradients are on, lets each method prepare what its layers share (:func:`prepare
 model code is patched. Every check runs before the model is touched, so a failed ``inject``
 leaves it unchanged; :func:`unload` undoes an injection exactly.
 
+A second hook, after the forward, puts the routing losses into the model's own loss: in training
+mode, when the call had ``labels`` and the output has a ``loss``, ``outputs.loss`` becomes
+``loss + aux`` (once per forward), so ``transformers.Trainer`` and other trainers that read
+``outputs.loss`` train on it (see :func:`set_aux_in_loss` and docs/training.md).
+
 Methods whose adapter is a :class:`~.blocks.BlockAdapter` (MixLoRA) adapt whole FFN blocks
 instead: each targeted block becomes an :class:`~.blocks.AdaptedBlock`, and the targets outside
 blocks get the adapter class the block adapter names (plain LoRA), all in one injection.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -47,6 +53,9 @@ class Injection:
     layers: dict[str, AdaptedLinear | AdaptedBlock]  # blocks for BlockAdapter methods
     requires_grad: dict[str, bool]
     hook: torch.utils.hooks.RemovableHandle | None = field(default=None, repr=False)
+    aux_in_loss: bool = True  # the loss hook adds aux to outputs.loss (see set_aux_in_loss)
+    loss_hook: torch.utils.hooks.RemovableHandle | None = field(default=None, repr=False)
+    warned_double: bool = field(default=False, repr=False)
 
 
 def find_injection(model: nn.Module) -> Injection | None:
@@ -116,8 +125,13 @@ def layer_indices(names: list[str]) -> dict[str, int | None]:
     return out
 
 
-def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
+def inject(model: nn.Module, config: AdapterConfig, *, add_aux_to_loss: bool = True) -> nn.Module:
     """Add the adapters ``config`` describes to ``model`` in place, freeze the rest, return it.
+
+    ``add_aux_to_loss`` (default True): in training mode, a forward called with ``labels`` returns
+    ``outputs.loss`` plus this forward's routing loss (:func:`aux_loss`), weighted for gradient
+    accumulation like frame-peft's own Trainer (docs/training.md). Set False (or call
+    :func:`set_aux_in_loss` later) for code that adds ``fp.aux_loss(model)`` itself.
 
     Raises ``ValueError`` (leaving the model unchanged) if the model already has adapters,
     nothing matches, or a module's settings are invalid for its shapes.
@@ -160,10 +174,11 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
         setattr(model.get_submodule(parent_name), child, layer)
         for p in layer.adapter.parameters():
             p.requires_grad_(True)
-    inj = Injection(config, state, built, requires_grad)
+    inj = Injection(config, state, built, requires_grad, aux_in_loss=bool(add_aux_to_loss))
     inj.hook = model.register_forward_pre_hook(
         _make_pre_hook(state, list(built.values())), with_kwargs=True
     )
+    inj.loss_hook = model.register_forward_hook(_make_loss_hook(inj), with_kwargs=True)
     setattr(model, STATE_ATTR, inj)
     return model
 
@@ -199,6 +214,67 @@ def _make_pre_hook(state: RoutingState, layers: list[AdaptedLinear]):
     return hook
 
 
+def _loss_of(output: object) -> torch.Tensor | None:
+    """The scalar loss of a model output (ModelOutput / dict ``"loss"``, or a tuple's first
+    element), or None."""
+    if isinstance(output, dict):
+        loss = output.get("loss")
+    elif isinstance(output, tuple) and output:
+        loss = output[0]
+    else:
+        loss = None
+    return loss if isinstance(loss, torch.Tensor) and loss.dim() == 0 else None
+
+
+def _with_loss(output: object, loss: torch.Tensor) -> object:
+    if isinstance(output, tuple):
+        return (loss, *output[1:])
+    if type(output) is dict:
+        return {**output, "loss": loss}
+    output["loss"] = loss  # ModelOutput: sets the key and the attribute
+    return output
+
+
+def aux_weight(kwargs: dict) -> torch.Tensor | float:
+    """The weight of this micro-batch's aux in ``outputs.loss``: 1, or, when the call carries
+    ``num_items_in_batch`` (transformers' Trainer normalises the loss over the whole accumulated
+    batch and then does not divide by the accumulation steps), this micro-batch's share of the
+    labelled tokens, ``n / num_items_in_batch``, so the weights of one optimizer step sum to 1."""
+    total = kwargs.get("num_items_in_batch")
+    if total is None:
+        return 1.0
+    shifted = kwargs.get("shift_labels")
+    labels = shifted if isinstance(shifted, torch.Tensor) else kwargs["labels"][..., 1:]
+    n = (labels != -100).sum()
+    return n.float() / torch.as_tensor(total, device=n.device).float().clamp_min(1)
+
+
+def _make_loss_hook(inj: Injection):
+    def hook(module, args, kwargs, output):
+        rec = inj.state.current
+        if not (inj.aux_in_loss and module.training and rec.from_model) or rec.aux_in_loss:
+            return None
+        if not isinstance(kwargs.get("labels"), torch.Tensor):
+            return None  # no labels: the caller computes the loss (frame-peft's Trainer)
+        loss = _loss_of(output)
+        aux = inj.state.aux_loss()
+        if loss is None or aux is None:
+            return None
+        rec.aux_in_loss = True  # once per forward (nested or repeated hooks add nothing)
+        return _with_loss(output, loss + (aux * aux_weight(kwargs)).to(loss.dtype))
+
+    return hook
+
+
+def set_aux_in_loss(model: nn.Module, enabled: bool) -> None:
+    """Turn on/off adding the routing loss to ``outputs.loss`` (see :func:`inject`).
+
+    Off for training code that adds ``fp.aux_loss(model)`` to the model's loss itself; it is a
+    runtime switch of this injection (not saved with the adapter).
+    """
+    require_injection(model).aux_in_loss = bool(enabled)
+
+
 def unload(model: nn.Module) -> nn.Module:
     """Remove the adapters without merging: restore the original modules and ``requires_grad``."""
     inj = require_injection(model)
@@ -211,8 +287,9 @@ def unload(model: nn.Module) -> nn.Module:
 
 
 def _forget(model: nn.Module, inj: Injection) -> None:
-    if inj.hook is not None:
-        inj.hook.remove()
+    for handle in (inj.hook, inj.loss_hook):
+        if handle is not None:
+            handle.remove()
     for n, p in model.named_parameters():
         if n in inj.requires_grad:
             p.requires_grad_(inj.requires_grad[n])
@@ -248,8 +325,20 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
 
     Mean over mixture modules of each module's coefficient-weighted losses (balance, z),
     computed over non-padding tokens only. A zero tensor for adapters without routing.
+    Warns once when that forward's ``outputs.loss`` already holds it (adding it again would
+    count it twice; see :func:`set_aux_in_loss`).
     """
-    value = require_injection(model).state.aux_loss()
+    inj = require_injection(model)
+    value = inj.state.aux_loss()
+    if value is not None and inj.state.current.aux_in_loss and not inj.warned_double:
+        inj.warned_double = True
+        warnings.warn(
+            "the latest forward's outputs.loss already includes the routing loss (it was called "
+            "with labels): adding fp.aux_loss(model) to it counts it twice. Use outputs.loss "
+            "alone, or call fp.set_aux_in_loss(model, False) to add it yourself",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if value is None:
         return torch.zeros((), device=_device_of(model))
     return value

@@ -85,7 +85,8 @@ class ForwardRecord:
     ``input_ids`` (B, S), ``inputs_embeds`` (B, S, D) and ``labels`` (B, S) are what the model was
     called with (None when absent); ``prompt_mask`` (B, S) comes from :func:`routing_context`.
     ``from_model`` is True when the model's forward pre-hook opened this record, i.e. ``scratch``
-    belongs to one forward (a standalone adapter never gets a fresh record).
+    belongs to one forward (a standalone adapter never gets a fresh record). ``aux_in_loss`` is
+    True once the model's loss hook added this forward's aux to ``outputs.loss`` (at most once).
     """
 
     attention_mask: torch.Tensor | None = None
@@ -97,6 +98,7 @@ class ForwardRecord:
     labels: torch.Tensor | None = None
     prompt_mask: torch.Tensor | None = None
     from_model: bool = False
+    aux_in_loss: bool = False  # the model's loss hook already added this forward's aux
 
 
 def model_inputs(args: tuple, kwargs: dict) -> dict[str, torch.Tensor | None]:

@@ -23,6 +23,10 @@ experts are part of the model's state dict), so resuming from them does not reru
 really steps the :class:`~frame_peft.optim.AdapterOptimizer` you passed in ``optimizers=``:
 under DeepSpeed the Trainer silently drops it and builds its own AdamW. Both callbacks refuse
 DeepSpeed at ``on_init_end`` (when given in ``Trainer(callbacks=[...])``) and ``on_train_begin``.
+
+The routing (aux) loss reaches ``transformers.Trainer`` through ``outputs.loss`` (the loss hook
+of :func:`~frame_peft.inject`). TRL's ``SFTTrainer`` (1.x) computes its loss from fused per-token
+log-probabilities and never reads ``outputs.loss``: subclass it with :class:`AuxLossTrainerMixin`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 
 from .._files import append_json_line
 from ..core.inject import require_injection
-from ..methods.frame.scan import scan_orders, scan_steps
+from ..methods.frame.scan import lm_loss, scan_orders, scan_steps
 from ..optim import AdapterOptimizer, refuse_unsupported_engine
 from .distributed import warn_if_processes_dropped
 from .order_scan import SCANS_FILE, gather_stats
@@ -59,6 +63,66 @@ def _check_engine(args: Any) -> None:
     refuse_unsupported_engine(args)
     if max(1, getattr(args, "world_size", 1)) == 1:
         warn_if_processes_dropped()
+
+
+class AuxLossTrainerMixin:
+    """Adds the routing loss in trainers that compute their own loss (TRL's ``SFTTrainer``).
+
+    ```python
+    class FrameSFTTrainer(AuxLossTrainerMixin, trl.SFTTrainer): pass
+    ```
+
+    After the trainer's ``compute_loss`` it adds this forward's aux (:func:`~frame_peft.aux_loss`)
+    the way TRL adds a Mixture-of-Experts router loss and frame-peft's Trainer adds aux: divided
+    by the micro-batches of the optimizer step when the loss is normalised over the accumulated
+    batch (``num_items_in_batch``; otherwise the Trainer divides the whole loss), after the
+    cross-entropy's data-parallel factor, so each step's gradient holds the mean aux. Supports
+    the trainer's default loss (no ``compute_loss_func``, no label smoothing: those run a second,
+    gradient-free forward whose aux would be the one read).
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if getattr(self, "compute_loss_func", None) is not None or getattr(
+            self, "label_smoother", None
+        ):
+            raise ValueError(
+                "AuxLossTrainerMixin supports the trainer's default loss only: drop "
+                "compute_loss_func / label_smoothing_factor, or add frame_peft.aux_loss(model) in "
+                "your own compute_loss"
+            )
+        inner = _inner_model(model)
+        inj = require_injection(inner)
+        seen: list[torch.Tensor | None] = []  # the aux of the loss forward (the first one)
+
+        def keep(module, args, output):
+            if not seen:
+                seen.append(inj.state.aux_loss())
+
+        handle = inner.register_forward_hook(keep)
+        try:
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        finally:
+            handle.remove()
+        loss, outputs = result if return_outputs else (result, None)
+        aux = seen[0] if seen else None
+        if model.training and inj.aux_in_loss and aux is not None:
+            if num_items_in_batch is not None:
+                aux = aux / self.current_gradient_accumulation_steps
+            loss = loss + aux.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+
+def _scan_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The scan's default loss (:func:`lm_loss`) without the routing loss, as in frame-peft's
+    own Trainer, whose scans read the cross-entropy alone."""
+    inj = require_injection(model)
+    before, inj.aux_in_loss = inj.aux_in_loss, False
+    try:
+        return lm_loss(model, batch)
+    finally:
+        inj.aux_in_loss = before
 
 
 class AdapterOptimizerHFCallback(_HFCallback):
@@ -129,7 +193,8 @@ class OrderScanHFCallback(_HFCallback):
         data_collator: turns a list of items into a batch dict with ``input_ids``,
             ``attention_mask`` and ``labels``.
         batch_size: items per statistics batch (default: the Trainer's per-device batch size).
-        loss_fn: ``loss_fn(model, batch) -> scalar``; default the model's ``outputs.loss``.
+        loss_fn: ``loss_fn(model, batch) -> scalar``; default the model's ``outputs.loss``
+            without the routing loss (the cross-entropy, as in frame-peft's Trainer).
     """
 
     def __init__(
@@ -184,7 +249,7 @@ class OrderScanHFCallback(_HFCallback):
         )
         with torch.random.fork_rng(devices=[]):
             report = scan_orders(
-                inner, self._batches(args, step, device), loss_fn=self.loss_fn,
+                inner, self._batches(args, step, device), loss_fn=self.loss_fn or _scan_loss,
                 optimizer=getattr(optimizer, "optimizer", optimizer), first=step == self.steps[0],
                 tokens_per_batch=per_batch, gather=gather_stats, step=step,
             )  # fmt: skip

@@ -48,13 +48,28 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .pipeline import evaluate_target
 
-    evaluate_target(
-        args.target,
-        overrides=args.overrides,
-        method=args.method,
-        output_dir=args.output_dir,
-        lm_eval_tasks=args.lm_eval,
-    )
+    try:
+        evaluate_target(
+            args.target,
+            overrides=args.overrides,
+            method=args.method,
+            output_dir=args.output_dir,
+            lm_eval_tasks=args.lm_eval,
+            lm_eval_include=args.lm_eval_include,
+            lm_eval_only=args.lm_eval_only,
+        )
+    except ImportError as err:
+        if "lm-eval" not in str(err):
+            raise
+        print(f"frame-peft: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        from .evaluation.lm_eval_bridge import LmEvalTaskError
+
+        if not isinstance(err, LmEvalTaskError):
+            raise
+        print(f"frame-peft: lm-eval: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -156,7 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="TASK",
         default=None,
-        help="also run these lm-evaluation-harness tasks on the in-memory model",
+        help="also run these lm-evaluation-harness tasks on the in-memory model (checked "
+        "before anything else: unknown names, and offline mode with data not on this machine, "
+        "fail at once)",
+    )
+    p.add_argument(
+        "--lm-eval-include",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of your own lm-eval task YAMLs (e.g. over local JSONL files); repeatable",
+    )
+    p.add_argument(
+        "--lm-eval-only",
+        action="store_true",
+        help="run only the --lm-eval tasks, not frame-peft's own held-out evaluation",
     )
     p.set_defaults(func=_eval)
 

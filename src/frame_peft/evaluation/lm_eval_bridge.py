@@ -17,14 +17,24 @@ choices are stored as they are with ``target_delimiter: ""``. lm-eval calls the 
 attention mask (right padding), so frame-peft's routing statistics include padded positions;
 routed outputs, and therefore scores, are unaffected.
 
+:func:`check_lm_eval_tasks` is the preflight ``frame-peft eval --lm-eval`` runs before anything
+else: it indexes the task YAMLs (``include_path`` folders, and lm-eval's built-in tasks when
+needed), resolves every requested name (unknown → :class:`LmEvalTaskError` with close matches)
+and, in offline mode, refuses tasks whose data is not on this machine, so a missing dataset is
+reported in seconds rather than after minutes of our own evaluation.
+
 Needs ``pip install 'lm-eval==0.4.*'`` (tested with 0.4.13).
 """
 
 from __future__ import annotations
 
+import difflib
+import glob
 import json
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +44,9 @@ from ..data.types import Example
 from ._model_io import eval_mode
 
 __all__ = [
+    "LmEvalPlan",
+    "LmEvalTaskError",
+    "check_lm_eval_tasks",
     "evaluate_with_lm_eval",
     "lm_eval_metrics",
     "write_local_mc_task",
@@ -158,7 +171,7 @@ def evaluate_with_lm_eval(
     limit: int | float | None = None,
     batch_size: int = 8,
     local_tasks: Mapping[str, Sequence[Example] | str | Path] | None = None,
-    include_path: str | Path | None = None,
+    include_path: str | Path | Sequence[str | Path] | None = None,
     include_defaults: bool | None = None,
     log_samples: bool = False,
     **simple_evaluate_kwargs: Any,
@@ -169,10 +182,10 @@ def evaluate_with_lm_eval(
     ``local_tasks`` maps a task name to :class:`Example` records (written to a temporary JSONL
     + YAML) or to a JSONL file of ``prompt``/``choices``/``label`` rows (a temporary YAML points
     at it, choices appended after a space); those tasks are evaluated too. ``include_path`` adds
-    a folder of your own task YAMLs. ``include_defaults`` (index lm-eval's thousands of built-in
-    tasks, which takes seconds) defaults to True only when ``tasks`` names a task that is not in
-    ``local_tasks`` and no ``include_path`` is given. Remaining keyword arguments go to
-    ``simple_evaluate`` (``num_fewshot``, ``apply_chat_template``, ...).
+    one or more folders of your own task YAMLs. ``include_defaults`` (index lm-eval's thousands
+    of built-in tasks, which takes seconds) defaults to True only when ``tasks`` names a task
+    that is not in ``local_tasks`` and no ``include_path`` is given. Remaining keyword arguments
+    go to ``simple_evaluate`` (``num_fewshot``, ``apply_chat_template``, ...).
     """
     lm_eval, HFLM, TaskManager = _lm_eval()
     local_tasks = dict(local_tasks or {})
@@ -180,9 +193,9 @@ def evaluate_with_lm_eval(
     if not names:
         raise ValueError("no tasks to evaluate")
     if include_defaults is None:
-        include_defaults = include_path is None and any(t not in local_tasks for t in names)
+        include_defaults = not _as_paths(include_path) and any(t not in local_tasks for t in names)
     with tempfile.TemporaryDirectory(prefix="frame_peft_lm_eval_") as tmp:
-        paths: list[str] = [str(include_path)] if include_path is not None else []
+        paths = [str(p) for p in _as_paths(include_path)]
         if local_tasks:
             local_dir = Path(tmp) / "tasks"
             for name, source in local_tasks.items():
@@ -205,3 +218,229 @@ def evaluate_with_lm_eval(
     if output is None:  # non-zero ranks of a distributed run
         return {}
     return output
+
+
+# ---------------------------------------------------------------- preflight
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+_WHAT_TO_DO = (
+    "What to do: run online (unset {vars}), pre-download the dataset into the datasets cache "
+    "on a machine with network access (datasets.load_dataset(...) with the same path and name), "
+    "or write the task as a YAML over local files (dataset_path: json + dataset_kwargs.data_files;"
+    " see frame_peft.evaluation.write_local_task_yaml) and pass its folder with "
+    "--lm-eval-include DIR."
+)
+
+
+class LmEvalTaskError(ValueError):
+    """An lm-eval task that cannot be run: unknown name, or data that is not on this machine
+    while offline mode is set. Raised before any model is loaded."""
+
+
+@dataclass(frozen=True)
+class LmEvalPlan:
+    """What :func:`check_lm_eval_tasks` resolved: the requested ``tasks``, the leaf tasks each
+    expands to (groups and tags), and the TaskManager settings to evaluate them with."""
+
+    tasks: list[str]
+    leaves: dict[str, list[str]]
+    include_path: list[Path]
+    include_defaults: bool
+    offline: bool
+    unchecked: list[str]  # leaf tasks whose data source cannot be read from the YAML
+
+
+def _as_paths(include_path: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    if include_path is None:
+        return []
+    if isinstance(include_path, (str, Path)):
+        return [Path(include_path)]
+    return [Path(p) for p in include_path]
+
+
+def offline_mode() -> bool:
+    """True when any of HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE is set to a
+    true value (1, ON, YES, TRUE), the variables the Hugging Face libraries read."""
+    return any(
+        os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"} for v in _OFFLINE_VARS
+    )
+
+
+def _leaf_configs(
+    index: Mapping[str, Any], name: str, overrides: dict[str, Any], depth: int = 0
+) -> list[tuple[str, dict[str, Any]]]:
+    """(task name, merged config) for every task ``name`` expands to, as lm-eval's factory
+    merges them: group-level keys, then the member's own overrides, over the task's YAML."""
+    from lm_eval.tasks._factory import GROUP_FIELD_NAMES
+    from lm_eval.tasks._index import Kind
+
+    if depth > 20:
+        raise LmEvalTaskError(f"lm-eval group {name!r} nests more than 20 levels (a cycle?)")
+    entry = index[name]
+    if entry.kind == Kind.TAG:
+        return [
+            leaf
+            for t in sorted(entry.tags)
+            if t in index
+            for leaf in _leaf_configs(index, t, overrides, depth + 1)
+        ]
+    cfg = dict(entry.cfg or {})
+    if entry.kind != Kind.GROUP:
+        return [(name, {**cfg, **overrides})]
+    return _group_members(index, name, cfg, overrides, depth, GROUP_FIELD_NAMES)
+
+
+def _group_members(index, name, cfg, overrides, depth, group_fields):
+    merged = {**{k: v for k, v in cfg.items() if k not in group_fields}, **overrides}
+    leaves: list[tuple[str, dict[str, Any]]] = []
+    members = cfg.get("task")
+    for item in members if isinstance(members, list) else []:
+        if isinstance(item, str):
+            if item in index:
+                leaves += _leaf_configs(index, item, merged, depth + 1)
+        elif isinstance(item, dict) and "group" in item:
+            extra = {k: v for k, v in item.items() if k != "group"}
+            if item["group"] in index:
+                leaves += _leaf_configs(index, item["group"], {**merged, **extra}, depth + 1)
+            else:  # an inline group
+                leaves += _group_members(
+                    index, item["group"], item, merged, depth + 1, group_fields
+                )
+        elif isinstance(item, dict) and "task" in item:
+            item_over = {**merged, **item}
+            if isinstance(item["task"], str) and item["task"] in index:
+                leaves += _leaf_configs(index, item["task"], item_over, depth + 1)
+            else:  # an inline task
+                leaves.append((f"{name}::{item['task']}", item_over))
+    return leaves
+
+
+def _data_files(spec: Any) -> list[str]:
+    if spec is None:
+        return []
+    if isinstance(spec, (str, Path)):
+        return [str(spec)]
+    if isinstance(spec, Mapping):
+        return [f for v in spec.values() for f in _data_files(v)]
+    return [f for v in spec for f in _data_files(v)]
+
+
+def _local_pattern_exists(pattern: str) -> bool:
+    path = Path(pattern).expanduser()
+    return path.exists() or bool(glob.glob(str(path), recursive=True))
+
+
+def _missing_locally(cfg: Mapping[str, Any]) -> str | None:
+    """None when the task's data loads without the network; else what it would download.
+
+    The rule follows ``datasets.load_dataset(dataset_path, dataset_name, **dataset_kwargs)``:
+    a packaged loader (json, csv, parquet, ...) needs ``data_files``/``data_dir`` that exist
+    here; an existing local path is local; any other path is a Hub dataset, local only when
+    the datasets cache (``dataset_kwargs.cache_dir`` or HF_DATASETS_CACHE) already holds
+    ``<namespace>___<name>/<config>/`` as datasets' offline fallback looks it up. URLs in
+    ``data_files`` are downloads.
+    """
+    import datasets
+    from datasets.naming import camelcase_to_snakecase
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    path = str(cfg.get("dataset_path"))
+    kwargs = cfg.get("dataset_kwargs") or {}
+    files = _data_files(kwargs.get("data_files"))
+    urls = [f for f in files if "://" in f and not f.startswith("file://")]
+    if urls:
+        return f"data files {urls[:3]} (URLs)"
+    if path in _PACKAGED_DATASETS_MODULES:
+        data_dir = kwargs.get("data_dir")
+        if not files and not data_dir:
+            return f"nothing: dataset_path {path!r} has no dataset_kwargs.data_files to read"
+        missing = [f for f in files if not _local_pattern_exists(f.removeprefix("file://"))]
+        if data_dir and not Path(data_dir).expanduser().is_dir():
+            missing.append(str(data_dir))
+        return f"nothing, but these local files are missing: {missing}" if missing else None
+    if not path.startswith("hf://") and Path(path).expanduser().exists():
+        return None
+    repo = path.removeprefix("hf://datasets/")
+    cache = Path(kwargs.get("cache_dir") or datasets.config.HF_DATASETS_CACHE).expanduser()
+    parts = repo.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])  # as datasets names its cache folders
+    config = cfg.get("dataset_name") or "*"
+    cached = glob.glob(str(cache / "___".join(parts) / config / "*" / "*"))
+    if any(Path(p).is_dir() for p in cached):
+        return None
+    which = f" (config {cfg['dataset_name']!r})" if cfg.get("dataset_name") else ""
+    return f"the Hugging Face Hub dataset {repo!r}{which}, not in the datasets cache {cache}"
+
+
+def check_lm_eval_tasks(
+    tasks: Sequence[str],
+    *,
+    include_path: str | Path | Sequence[str | Path] | None = None,
+    offline: bool | None = None,
+) -> LmEvalPlan:
+    """Resolve lm-eval ``tasks`` and, offline, check their data is here, loading no data.
+
+    Indexes the ``include_path`` folders first and lm-eval's built-in tasks only when a name is
+    not among them (or no folder is given). Glob patterns (``arc_*``) are expanded as lm-eval
+    does. Raises :class:`LmEvalTaskError` listing unknown names with close matches, and, when
+    ``offline`` (default: :func:`offline_mode`), naming every task whose dataset would be
+    downloaded and what to do. Tasks whose data comes from Python (``class:`` or
+    ``custom_dataset``) cannot be checked from the YAML; they are listed in ``unchecked``.
+    """
+    _, _, TaskManager = _lm_eval()
+    from lm_eval.utils import pattern_match
+
+    names = list(tasks)
+    if not names:
+        raise LmEvalTaskError("no lm-eval tasks named")
+    paths = _as_paths(include_path)
+    for p in paths:
+        if not p.is_dir():
+            raise LmEvalTaskError(f"--lm-eval-include {p}: not a folder of lm-eval task YAMLs")
+    offline = offline_mode() if offline is None else offline
+    defaults = not paths
+    manager = TaskManager(include_path=paths or None, include_defaults=defaults)
+    matched = {n: pattern_match([n], manager.all_tasks) for n in names}
+    if paths and not all(matched.values()):  # some names are lm-eval's own tasks
+        defaults = True
+        manager = TaskManager(include_path=paths, include_defaults=True)
+        matched = {n: pattern_match([n], manager.all_tasks) for n in names}
+    unknown = [n for n, m in matched.items() if not m]
+    if unknown:
+        lines = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, manager.all_tasks, n=5, cutoff=0.6)
+            lines.append(f"  {n!r}: " + (f"did you mean {close}?" if close else "no close match"))
+        where = f" in {[str(p) for p in paths]} or" if paths else ""
+        raise LmEvalTaskError(
+            f"unknown lm-eval task(s), not found{where} among lm-eval's built-in tasks:\n"
+            + "\n".join(lines)
+            + "\nList the built-in tasks with `lm-eval ls tasks`; add your own YAML folder "
+            "with --lm-eval-include DIR."
+        )
+    index = manager.task_index
+    leaves = {n: [leaf for m in matched[n] for leaf in _leaf_configs(index, m, {})] for n in names}
+    unchecked, problems = [], []
+    if offline:
+        for leaf, cfg in {k: v for ls in leaves.values() for k, v in ls}.items():
+            if "class" in cfg or cfg.get("custom_dataset") or not cfg.get("dataset_path"):
+                unchecked.append(leaf)
+            elif (what := _missing_locally(cfg)) is not None:
+                problems.append(f"  {leaf}: would download {what}")
+    if problems:
+        raise LmEvalTaskError(
+            "offline mode is set ("
+            + ", ".join(f"{v}={os.environ[v]}" for v in _OFFLINE_VARS if v in os.environ)
+            + ") and these lm-eval tasks need data that is not on this machine:\n"
+            + "\n".join(problems)
+            + "\n"
+            + _WHAT_TO_DO.format(vars="/".join(_OFFLINE_VARS))
+        )
+    return LmEvalPlan(
+        tasks=names,
+        leaves={n: [leaf for leaf, _ in ls] for n, ls in leaves.items()},
+        include_path=paths,
+        include_defaults=defaults,
+        offline=offline,
+        unchecked=unchecked,
+    )

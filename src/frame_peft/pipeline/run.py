@@ -160,8 +160,26 @@ def evaluate_target(
     method: str | None = None,
     output_dir: str | Path | None = None,
     lm_eval_tasks: Sequence[str] | None = None,
+    lm_eval_include: Sequence[str | Path] = (),
+    lm_eval_only: bool = False,
 ):
-    """Evaluate a run directory (reloading its adapter) or a base model on a recipe."""
+    """Evaluate a run directory (reloading its adapter) or a base model on a recipe.
+
+    With ``lm_eval_tasks``, lm-evaluation-harness runs too (after ours, or instead of it with
+    ``lm_eval_only``), on task YAMLs from ``lm_eval_include`` folders and lm-eval's own. Its
+    tasks are checked first, before any model is loaded: an unknown name, or (in offline mode)
+    a dataset that is not on this machine, raises ``LmEvalTaskError`` in seconds. Returns our
+    results (``None`` with ``lm_eval_only``); lm-eval's output goes to ``lm_eval.json``.
+    """
+    from ..evaluation.lm_eval_bridge import LmEvalTaskError, check_lm_eval_tasks
+
+    plan = None
+    if lm_eval_tasks:
+        plan = check_lm_eval_tasks(lm_eval_tasks, include_path=list(lm_eval_include))
+        if plan.unchecked:
+            print(f"lm-eval: cannot check offline whether {plan.unchecked} load (Python data)")
+    elif lm_eval_include or lm_eval_only:
+        raise LmEvalTaskError("--lm-eval-include / --lm-eval-only need --lm-eval TASK ...")
     path = Path(target)
     if (path / "run.json").is_file():
         info, recipe, model, tokenizer, data = load_run(path, overrides)
@@ -177,16 +195,24 @@ def evaluate_target(
             )
         model, tokenizer = build_model(recipe, BASELINE)
         out_dir = Path(output_dir or f"runs/{recipe.name}/{BASELINE}")
-        data = prepare_data(recipe)
-        check_same_split(out_dir, data)
+        data = None if lm_eval_only else prepare_data(recipe)
+        if data is not None:
+            check_same_split(out_dir, data)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = _evaluate(model, tokenizer, recipe, data, method, {})
-    _save_eval(results, out_dir, method)
-    if lm_eval_tasks:
+    results = None
+    if not lm_eval_only:
+        results = _evaluate(model, tokenizer, recipe, data, method, {})
+        _save_eval(results, out_dir, method)
+    if plan is not None:
         from ..evaluation import evaluate_with_lm_eval
 
         lm = evaluate_with_lm_eval(
-            model, tokenizer, list(lm_eval_tasks), batch_size=recipe.eval.batch_size
+            model,
+            tokenizer,
+            plan.tasks,
+            batch_size=recipe.eval.batch_size,
+            include_path=plan.include_path,
+            include_defaults=plan.include_defaults,
         )
         write_json(out_dir / "lm_eval.json", lm, default=str)
         print(json.dumps(lm.get("results", lm), indent=2, default=str))

@@ -60,9 +60,10 @@ def test_cli_eval_runs_a_local_task_offline(tmp_path, offline, capsys):
 
     only = tmp_path / "only"
     args = ["eval", str(recipe), "--method", "base", "--output-dir", str(only), "--lm-eval-only"]
-    args += ["--lm-eval", "toy_local", "--lm-eval-include", str(tmp_path / "tasks")]
+    args += ["--lm-eval", "toy_loc*", "--lm-eval-include", str(tmp_path / "tasks")]
     assert main(args) == 0
-    assert (only / "lm_eval.json").is_file() and not (only / "eval.json").exists()
+    assert not (only / "eval.json").exists()  # only lm-eval ran; the glob reached its task
+    assert json.loads((only / "lm_eval.json").read_text())["results"] == lm["results"]
     assert main(["eval", str(recipe), "--lm-eval-only"]) == 2
     assert "need --lm-eval" in capsys.readouterr().err
 
@@ -136,6 +137,7 @@ def test_groups_tags_and_globs_expand_to_checked_leaves(tmp_path, offline):
     assert plan.leaves["toy_group"] == ["toy_a", "toy_b"]
     assert plan.leaves["toy_tag"] == ["toy_a"]
     assert set(plan.leaves["toy_*"]) >= {"toy_a", "toy_b"}
+    assert plan.names[:2] == ["toy_group", "toy_tag"] and "toy_a" in plan.names
     # a group member that needs the Hub is caught through the group
     _hub_yaml(tasks, "hub_member")
     (tasks / "mixed.yaml").write_text("group: mixed\ntask: [toy_a, hub_member]\n")

@@ -239,10 +239,13 @@ class LmEvalTaskError(ValueError):
 
 @dataclass(frozen=True)
 class LmEvalPlan:
-    """What :func:`check_lm_eval_tasks` resolved: the requested ``tasks``, the leaf tasks each
-    expands to (groups and tags), and the TaskManager settings to evaluate them with."""
+    """What :func:`check_lm_eval_tasks` resolved: the requested ``tasks``, the registered
+    ``names`` they match (globs expanded; pass these to lm-eval, whose ``simple_evaluate`` does
+    not expand globs), the leaf tasks each expands to (groups and tags), and the TaskManager
+    settings to evaluate them with."""
 
     tasks: list[str]
+    names: list[str]
     leaves: dict[str, list[str]]
     include_path: list[Path]
     include_defaults: bool
@@ -438,6 +441,7 @@ def check_lm_eval_tasks(
         )
     return LmEvalPlan(
         tasks=names,
+        names=list(dict.fromkeys(m for n in names for m in matched[n])),
         leaves={n: [leaf for leaf, _ in ls] for n, ls in leaves.items()},
         include_path=paths,
         include_defaults=defaults,

@@ -209,7 +209,7 @@ def evaluate_target(
         lm = evaluate_with_lm_eval(
             model,
             tokenizer,
-            plan.tasks,
+            plan.names,
             batch_size=recipe.eval.batch_size,
             include_path=plan.include_path,
             include_defaults=plan.include_defaults,

@@ -55,7 +55,7 @@ from _layer_methods import METHODS
 from _layer_report import FRAME_VS_MOE, FRAME_VS_PEFT_LORA, LORA_VS_PEFT, git_state
 from _lm import LINEARS, build_method, load_model, match_model_budgets
 from frame_peft._tables import markdown_table
-from frame_peft.peft_bridge import aux_loss, count_parameters
+from frame_peft.peft_bridge import count_parameters
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "e2e.md"
@@ -91,7 +91,7 @@ class Runner:
         t0 = time.perf_counter()
         with fp.routing_context(attention_mask=batch["attention_mask"]):
             out = self.model(**batch, use_cache=False)
-        loss = out.loss if self.opt is None else out.loss + aux_loss(self.model).float()
+        loss = out.loss  # with labels, frame-peft's outputs.loss already includes the aux loss
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()

@@ -5,8 +5,8 @@ import frame_peft as fp
 cfg = fp.FrameConfig(target_modules=["q_proj", "v_proj"], num_experts=8, top_k=2, rank=4)
 model = fp.inject(base_model, cfg)
 with fp.routing_context(attention_mask=mask):
-    out = model(**batch)
-loss = out.loss + fp.aux_loss(model)
+    out = model(**batch)       # with labels, out.loss already includes fp.aux_loss(model)
+loss = out.loss
 ```
 """
 
@@ -32,6 +32,7 @@ from .core.inject import (
     inject,
     orders,
     set_adapters_enabled,
+    set_aux_in_loss,
     unload,
 )
 from .core.merge import merge_and_unload
@@ -97,6 +98,7 @@ __all__ = [
     "scan_orders",
     "scan_steps",
     "set_adapters_enabled",
+    "set_aux_in_loss",
     "transforms",
     "unload",
 ]

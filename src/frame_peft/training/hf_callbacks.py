@@ -114,17 +114,6 @@ class AuxLossTrainerMixin:
         return (loss, outputs) if return_outputs else loss
 
 
-def _scan_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-    """The scan's default loss (:func:`lm_loss`) without the routing loss, as in frame-peft's
-    own Trainer, whose scans read the cross-entropy alone."""
-    inj = require_injection(model)
-    before, inj.aux_in_loss = inj.aux_in_loss, False
-    try:
-        return lm_loss(model, batch)
-    finally:
-        inj.aux_in_loss = before
-
-
 class AdapterOptimizerHFCallback(_HFCallback):
     """Fails loudly when ``transformers.Trainer`` would not step ``optimizer`` (see the list).
 
@@ -249,7 +238,7 @@ class OrderScanHFCallback(_HFCallback):
         )
         with torch.random.fork_rng(devices=[]):
             report = scan_orders(
-                inner, self._batches(args, step, device), loss_fn=self.loss_fn or _scan_loss,
+                inner, self._batches(args, step, device), loss_fn=self.loss_fn or lm_loss,
                 optimizer=getattr(optimizer, "optimizer", optimizer), first=step == self.steps[0],
                 tokens_per_batch=per_batch, gather=gather_stats, step=step,
             )  # fmt: skip

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.inject import require_injection
+from ...core.inject import find_injection, require_injection
 from .layer import FrameAdapter
 from .order_fit import candidate_grid, fitted_energies, side_grams
 from .scan_stats import TokenStats, record
@@ -346,9 +346,18 @@ def search_orders(
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The default scan loss: the model's own ``outputs.loss`` for a causal-LM batch with
-    ``labels`` (mean cross-entropy over labelled tokens)."""
+    ``labels`` (mean cross-entropy over labelled tokens), without the routing loss the
+    injection adds to ``outputs.loss`` in training (the scan reads the task's gradient only)."""
     keys = ("input_ids", "attention_mask", "labels")
-    out = model(**{k: v for k, v in batch.items() if k in keys})
+    inj = find_injection(model)
+    before = inj.aux_in_loss if inj is not None else None
+    if inj is not None:
+        inj.aux_in_loss = False
+    try:
+        out = model(**{k: v for k, v in batch.items() if k in keys})
+    finally:
+        if inj is not None:
+            inj.aux_in_loss = before
     loss = getattr(out, "loss", None)
     if loss is None:
         raise ValueError("the model returned no loss: give batches with 'labels' or a loss_fn")

@@ -31,6 +31,8 @@ from .generation import (
     generate_completions,
 )
 from .lm_eval_bridge import (
+    LmEvalTaskError,
+    check_lm_eval_tasks,
     evaluate_with_lm_eval,
     lm_eval_metrics,
     write_local_mc_task,
@@ -54,11 +56,13 @@ __all__ = [
     "PRIMARY_METRIC",
     "STATUSES",
     "EvalResults",
+    "LmEvalTaskError",
     "MultipleChoiceOutput",
     "SandboxResult",
     "TaskResult",
     "answers_equal",
     "build_program",
+    "check_lm_eval_tasks",
     "comparison_table",
     "cut_at_stop",
     "encode_pair",

@@ -30,7 +30,7 @@ from frame_peft.training.losses import count_labelled, lm_loss_sum
 def config(tmp_path, **kw) -> TrainConfig:
     base = dict(
         output_dir=str(tmp_path / "run"), max_steps=3, per_device_batch_size=4, lr=1e-2,
-        order_lr=1e-2, progress=False, tensorboard=False, log_every=1, resume=None, seed=3,
+        order_lr=1e-2, progress=False, report_to="none", log_every=1, resume=None, seed=3,
     )  # fmt: skip
     return TrainConfig(**{**base, **kw})
 
@@ -284,7 +284,7 @@ def test_tensorboard_scalars(tmp_path):
 
     model = tiny_llama()
     fp.inject(model, frame_config())
-    cfg = config(tmp_path, max_steps=3, log_every=2, eval_every=2, tensorboard=True)
+    cfg = config(tmp_path, max_steps=3, log_every=2, eval_every=2, report_to=["tensorboard"])
     Trainer(model, RandomTokens(16), cfg, eval_fn=lambda m: {"probe": 1.0}).train()
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
@@ -297,8 +297,8 @@ def test_tensorboard_scalars(tmp_path):
 
 def test_missing_tensorboard_warns_once_and_keeps_the_jsonl(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now fails
-    with pytest.warns(UserWarning, match="tensorboard package is not installed") as caught:
-        Trainer(lora_model(), RandomTokens(8), config(tmp_path, tensorboard=True)).train()
+    with pytest.warns(UserWarning, match="needs the tensorboard package") as caught:
+        Trainer(lora_model(), RandomTokens(8), config(tmp_path, report_to=None)).train()
     assert len([w for w in caught if "tensorboard" in str(w.message)]) == 1
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 3
     assert not (tmp_path / "run" / "tensorboard").exists()

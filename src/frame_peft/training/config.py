@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
+
+from .trackers import REPORT_TO_NAMES, normalize_report_to
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -88,8 +91,16 @@ class TrainConfig:
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant mode,
             which works with a frozen base). The model must support
             ``gradient_checkpointing_enable`` (every transformers model does).
-        tensorboard: also write TensorBoard scalars (needs the ``tensorboard`` package; without
-            it a one-line warning is printed and ``log.jsonl`` is still written).
+        report_to: experiment trackers that get the config and every logged scalar, through
+            ``accelerate``'s tracker classes: a list of names from ``"tensorboard"``,
+            ``"wandb"``, ``"mlflow"``, ``"trackio"`` (a single name may be a string), or
+            ``"none"``/``[]`` for none (``log.jsonl`` is always written). ``None`` (default):
+            TensorBoard when ``accelerate`` and ``tensorboard`` are installed, else a one-line
+            warning. A named tracker whose package is missing fails at the start of ``train()``
+            with the ``pip install`` to run. Stored normalised (a list, ``"none"`` as ``[]``).
+        tensorboard: deprecated alias of ``report_to`` (``DeprecationWarning``):
+            ``tensorboard=False`` is ``report_to=[]``, ``tensorboard=True`` is the default
+            ``report_to=None``. Setting both is an error; after validation it is ``None``.
         progress: show a tqdm progress bar (on rank 0 only).
         num_workers: ``DataLoader`` worker processes.
         distributed: ``"auto"`` (DDP when launched by ``torchrun``/``accelerate launch`` with
@@ -128,7 +139,8 @@ class TrainConfig:
     resume: str | None = "auto"
     dtype: str = "float32"
     gradient_checkpointing: bool = False
-    tensorboard: bool = True
+    report_to: list[str] | str | None = None
+    tensorboard: bool | None = None
     progress: bool = True
     num_workers: int = 0
     distributed: str = "auto"
@@ -205,7 +217,8 @@ class TrainConfig:
                 "TrainConfig.dtype='float16' is not supported with distributed='fsdp' (its "
                 "gradient scaler would need sharded inf checks); use dtype='bfloat16'"
             )
-        for name in ("gradient_checkpointing", "tensorboard", "progress", "shuffle"):
+        self._check_report_to()
+        for name in ("gradient_checkpointing", "progress", "shuffle"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be True or False, got "
                                  f"{getattr(self, name)!r}")  # fmt: skip
@@ -238,6 +251,29 @@ class TrainConfig:
                 f"TrainConfig.device must be None, 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
             )
 
+    def _check_report_to(self) -> None:
+        """Normalise ``report_to`` and fold the deprecated ``tensorboard`` flag into it."""
+        if self.tensorboard is not None:
+            if not isinstance(self.tensorboard, bool):
+                raise ValueError(
+                    f"TrainConfig.tensorboard must be True, False or None, got {self.tensorboard!r}"
+                )
+            if self.report_to is not None:
+                raise ValueError(
+                    "TrainConfig: set report_to only; tensorboard is its deprecated alias, got "
+                    f"tensorboard={self.tensorboard!r} and report_to={self.report_to!r}"
+                )
+            warnings.warn(
+                "TrainConfig.tensorboard is deprecated; use report_to (tensorboard=False is "
+                "report_to='none', tensorboard=True is the default report_to=None: TensorBoard "
+                f"when installed). Allowed report_to names: {list(REPORT_TO_NAMES)}",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            self.report_to = None if self.tensorboard else []
+            self.tensorboard = None
+        self.report_to = normalize_report_to(self.report_to)
+
     def warmup_for(self, total_steps: int) -> int:
         """Number of warm-up steps of a run of ``total_steps`` optimizer steps."""
         if self.warmup_steps is not None:
@@ -257,4 +293,8 @@ class TrainConfig:
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; allowed keys: {allowed}")
+        data = dict(data)
+        if data.get("tensorboard") is not None and data.get("report_to") is None:
+            # a config saved before report_to existed: translate without a deprecation warning
+            data["report_to"] = None if data.pop("tensorboard") else []
         return cls(**data)

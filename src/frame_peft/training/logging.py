@@ -1,4 +1,4 @@
-"""Training logs: a tqdm progress bar, ``log.jsonl``, ``orders.jsonl`` and TensorBoard scalars.
+"""Training logs: a tqdm progress bar, ``log.jsonl``, ``orders.jsonl`` and experiment trackers.
 
 Only rank 0 logs (the Trainer builds a :class:`RunLogger` with ``enabled=False`` elsewhere).
 
@@ -8,8 +8,11 @@ Only rank 0 logs (the Trainer builds a :class:`RunLogger` with ``enabled=False``
   after the resumed step (written by the interrupted run) are dropped first.
 * ``<output_dir>/orders.jsonl``: FRAME only, every logged step: ``{"step", "orders": {module:
   [a_1 … a_E]}}``, the per-layer, per-expert orders for analysis.
-* ``<output_dir>/tensorboard/``: every numeric key of a record as a scalar (``train/<key>``,
-  ``eval/...``), when the ``tensorboard`` package is importable; otherwise one warning.
+* Experiment trackers (``TrainConfig.report_to``, through ``accelerate``'s tracker classes, see
+  :mod:`.trackers`): the run config as hyperparameters once, then every numeric key of a record
+  as a scalar (``train/<key>``; ``eval/...``, ``aux/...``, ``orders/...`` keep their prefix).
+  TensorBoard (``<output_dir>/tensorboard/``) by default when installed; otherwise one warning.
+  ``log.jsonl`` stays the record; trackers are views of it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ from torch import nn
 
 from ..core.inject import aux_stats, find_injection, orders
 from .distributed import full_tensor
+from .trackers import (
+    build_trackers,
+    call_all,
+    config_params,
+    finish_trackers,
+    normalize_report_to,
+    resolve_report_to,
+    scalars,
+)
 
 STEP_KEYS = (
     "step",
@@ -63,7 +75,7 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
 
 
 class RunLogger:
-    """Progress bar + JSONL + TensorBoard for one run (all no-ops when ``enabled`` is False).
+    """Progress bar + JSONL + experiment trackers for one run (no-ops when ``enabled`` is False).
 
     Args:
         output_dir: where ``log.jsonl``, ``orders.jsonl`` and ``tensorboard/`` go.
@@ -71,7 +83,13 @@ class RunLogger:
         initial_step: first step of this session (resume).
         enabled: False on ranks other than 0.
         progress: show the tqdm bar (on stderr).
-        tensorboard: write TensorBoard scalars if the package is importable.
+        tensorboard: deprecated, used only when ``report_to`` is not given: True is the default
+            (TensorBoard when installed), False is ``report_to=[]``.
+        report_to: normalised ``TrainConfig.report_to``: tracker names, ``[]`` for none, or None
+            for the default (TensorBoard when ``accelerate`` and ``tensorboard`` are installed,
+            else one warning). Missing packages of named trackers raise ``ImportError`` on every
+            rank (before any tracker starts), so no rank is left waiting for the others.
+        config: the run config, stored by each tracker as hyperparameters.
     """
 
     def __init__(
@@ -83,18 +101,35 @@ class RunLogger:
         enabled: bool = True,
         progress: bool = True,
         tensorboard: bool = True,
+        report_to: list[str] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.enabled = enabled
         self.dir = Path(output_dir)
         self.log_path = self.dir / "log.jsonl"
         self.orders_path = self.dir / "orders.jsonl"
         self.bar = None
-        self.writer = None
+        self.trackers: list[Any] = []
+        report_to = normalize_report_to(report_to)
+        if report_to is None and not tensorboard:
+            report_to = []
+        names, warning = resolve_report_to(report_to)  # raises on every rank alike
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         for path in (self.log_path, self.orders_path):
             truncate_jsonl(path, initial_step)
+        if warning is not None:
+            warnings.warn(warning, stacklevel=2)
+        self.trackers = build_trackers(names, self.dir)  # before the bar: nothing to undo
+        try:
+            if config is not None:
+                shown = {k: v for k, v in config.items() if k != "tensorboard"}  # deprecated
+                shown["report_to"] = names  # resolved: what this run reports to
+                call_all(self.trackers, "store_init_configuration", config_params(shown))
+        except BaseException:
+            finish_trackers(self.trackers)
+            raise
         if progress:
             from tqdm.auto import tqdm
 
@@ -102,17 +137,6 @@ class RunLogger:
                 total=total_steps, initial=initial_step, desc="train", unit="step",
                 dynamic_ncols=True, file=sys.stderr,
             )  # fmt: skip
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                warnings.warn(
-                    "TrainConfig.tensorboard=True but the tensorboard package is not installed "
-                    "(pip install tensorboard); writing log.jsonl only",
-                    stacklevel=2,
-                )
-            else:
-                self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
 
     def progress(self, step: int, loss: float, aux: float, tokens_per_s: float, lr: float) -> None:
         """Advance the bar to ``step`` and show the latest numbers (tqdm shows the ETA)."""
@@ -126,7 +150,7 @@ class RunLogger:
 
     def log(self, record: dict[str, Any], orders: dict[str, list[float]] | None = None) -> None:
         """Append ``record`` to ``log.jsonl`` (and ``orders`` to ``orders.jsonl``); scalars to
-        TensorBoard under ``train/`` (keys already prefixed ``eval/`` keep their prefix)."""
+        every tracker under ``train/`` (keys with a ``/``, such as ``eval/...``, keep theirs)."""
         if not self.enabled:
             return
         clean = {k: _finite_or_none(v) for k, v in record.items()}
@@ -135,14 +159,8 @@ class RunLogger:
         if orders:
             with open(self.orders_path, "a") as f:
                 f.write(json.dumps({"step": record["step"], "orders": orders}) + "\n")
-        if self.writer is not None:
-            step = int(record["step"])
-            for key, value in record.items():
-                if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
-                    continue
-                tag = key if "/" in key else f"train/{key}"
-                self.writer.add_scalar(tag, value, step)
-            self.writer.flush()
+        if self.trackers:
+            call_all(self.trackers, "log", scalars(record), step=int(record["step"]))
 
     def write(self, message: str) -> None:
         """Print a line without breaking the progress bar (rank 0 only)."""
@@ -154,12 +172,11 @@ class RunLogger:
             print(message, file=sys.stderr)
 
     def close(self) -> None:
+        """Close the bar and finish every tracker (flushes TensorBoard, ends W&B/MLflow runs)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        finish_trackers(self.trackers)
 
 
 def routing_summary(model: nn.Module, record: dict[str, Any]) -> dict[str, list[float]] | None:

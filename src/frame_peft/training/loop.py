@@ -56,9 +56,9 @@ from .schedule import build_scheduler
 
 # Settings that may differ between a run and its resumption without a warning.
 _FREE_ON_RESUME = {
-    "resume", "progress", "tensorboard", "output_dir", "num_workers", "log_every", "eval_every",
-    "save_every", "keep_checkpoints", "max_steps", "num_epochs", "device", "distributed",
-    "find_unused_parameters",
+    "resume", "progress", "tensorboard", "report_to", "output_dir", "num_workers", "log_every",
+    "eval_every", "save_every", "keep_checkpoints", "max_steps", "num_epochs", "device",
+    "distributed", "find_unused_parameters",
 }  # fmt: skip
 
 
@@ -238,7 +238,7 @@ class Trainer:
             write_json(out / "train_config.json", cfg.to_dict(), sort_keys=True)
         logger = RunLogger(
             out, total, pos.step, enabled=env.is_main, progress=cfg.progress,
-            tensorboard=cfg.tensorboard,
+            report_to=cfg.report_to, config=cfg.to_dict(),
         )  # fmt: skip
         if resume is not None:
             logger.write(f"resumed from {resume} at step {pos.step}")

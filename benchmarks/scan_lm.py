@@ -171,7 +171,7 @@ def run_cell(method: str, seed: int, args, cell_dir: Path) -> dict[str, Any]:
         cfg = TrainConfig(
             output_dir=str(run_dir), max_steps=args.steps, per_device_batch_size=4,
             lr=1e-3, order_lr=1e-3, warmup_steps=min(5, args.steps), schedule="cosine",
-            save_every=args.steps, keep_checkpoints=1, progress=False, tensorboard=False,
+            save_every=args.steps, keep_checkpoints=1, progress=False, report_to="none",
             log_every=10, seed=seed,
         )  # fmt: skip
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ STEPS = 3
 def run_config(out: Path, mode: str) -> TrainConfig:
     return TrainConfig(
         output_dir=str(out), max_steps=STEPS, per_device_batch_size=2, lr=1e-2, order_lr=1e-2,
-        warmup_steps=1, distributed=mode, progress=False, tensorboard=False, log_every=1,
+        warmup_steps=1, distributed=mode, progress=False, report_to="none", log_every=1,
         save_every=2, seed=3,
     )  # fmt: skip
 

@@ -80,7 +80,7 @@ def tiny_recipe(
             "max_steps": max_steps,
             "per_device_batch_size": 2,
             "progress": False,
-            "tensorboard": False,
+            "report_to": "none",
             "log_every": 1,
             "lr": lr,
         },

@@ -115,7 +115,7 @@ def test_order_statistics_fixed_orders_and_models_without_frame():
 def test_read_order_log_from_a_trainer_run_with_a_torn_last_line(tmp_path):
     model = fp.inject(tiny_llama(), frame_config())
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=3, per_device_batch_size=4,
-                      lr=1e-2, order_lr=5e-2, progress=False, tensorboard=False, log_every=1,
+                      lr=1e-2, order_lr=5e-2, progress=False, report_to="none", log_every=1,
                       resume=None, seed=3)  # fmt: skip
     Trainer(model, RandomTokens(16), cfg).train()
     path = tmp_path / "run" / "orders.jsonl"

@@ -27,7 +27,7 @@ def run_config(out, **kw) -> TrainConfig:
     base = dict(
         output_dir=str(out), max_steps=STEPS, per_device_batch_size=2,
         gradient_accumulation_steps=2, lr=1e-2, order_lr=1e-2, warmup_steps=2, save_every=2,
-        keep_checkpoints=None, progress=False, tensorboard=False, log_every=1, seed=7,
+        keep_checkpoints=None, progress=False, report_to="none", log_every=1, seed=7,
     )  # fmt: skip
     return TrainConfig(**{**base, **kw})
 

@@ -199,3 +199,23 @@ def test_plain_trl_sft_trainer_reads_no_outputs_loss(tmp_path):
     rows = rec.rows[:2]
     ce = sum(r["ce"] for r in rows) / sum(r["n"] for r in rows)
     assert logged_losses(trainer)[0] == pytest.approx(ce, rel=1e-5)
+
+
+def test_reentrant_checkpointing_without_aux_gradient_raises():
+    """Reentrant checkpointing records the aux terms without grad: a loud error, not a routing
+    loss that silently trains nothing; non-reentrant checkpointing keeps the gradient."""
+    from _models import tiny_llama
+
+    for reentrant in (True, False):
+        model = fp.inject(
+            tiny_llama(), fp.MoELoRAConfig(target_modules=["q_proj", "v_proj"], dropout=0.0)
+        ).train()
+        model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+        model.enable_input_require_grads()
+        ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+        if reentrant:
+            with pytest.raises(RuntimeError, match="use_reentrant': False"):
+                model(input_ids=ids, labels=ids)
+        else:
+            out = model(input_ids=ids, labels=ids)
+            assert out.loss.requires_grad and fp.aux_loss(model).requires_grad

@@ -91,7 +91,7 @@ def test_builtin_hub_task_offline_fails_early_with_what_to_do(tmp_path, offline,
     args = ["eval", str(recipe), "--method", "base", "--output-dir", str(out)]
     assert main([*args, "--lm-eval", "arc_easy"]) == 2
     msg = capsys.readouterr().err
-    assert "offline mode is set (HF_HUB_OFFLINE=1)" in msg
+    assert "offline mode is set (" in msg and "HF_HUB_OFFLINE=1" in msg  # CI sets more vars
     assert "arc_easy: would download the Hugging Face Hub dataset 'allenai/ai2_arc'" in msg
     assert "ARC-Easy" in msg and "--lm-eval-include DIR" in msg and "pre-download" in msg
     assert not out.exists()

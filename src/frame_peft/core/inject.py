@@ -257,13 +257,38 @@ def _make_loss_hook(inj: Injection):
         if not isinstance(kwargs.get("labels"), torch.Tensor):
             return None  # no labels: the caller computes the loss (frame-peft's Trainer)
         loss = _loss_of(output)
-        aux = inj.state.aux_loss()
+        aux = _trainable_aux(inj, module)
         if loss is None or aux is None:
             return None
         rec.aux_in_loss = True  # once per forward (nested or repeated hooks add nothing)
         return _with_loss(output, loss + (aux * aux_weight(kwargs)).to(loss.dtype))
 
     return hook
+
+
+def _trainable_aux(inj: Injection, model: nn.Module) -> torch.Tensor | None:
+    """This forward's aux loss; raises when it should carry a gradient and does not.
+
+    Reentrant activation checkpointing runs each block's first pass without grad, so the aux
+    terms its routers record there have no graph, and the recompute during backward records new
+    ones too late: the routing loss would silently not train the routers.
+    """
+    aux = inj.state.aux_loss()
+    if aux is None or aux.requires_grad or not torch.is_grad_enabled() or not model.training:
+        return aux
+    routers = (
+        p for layer in inj.layers.values()
+        for n, p in layer.adapter.named_parameters() if "router" in n
+    )  # fmt: skip
+    if any(p.requires_grad for p in routers):
+        raise RuntimeError(
+            "this forward's routing (aux) loss carries no gradient although the routers train: "
+            "it was recorded inside blocks run without grad, which reentrant activation "
+            "checkpointing does. Use gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+            "{'use_reentrant': False}) (frame-peft's Trainer does), or train without the routing "
+            "loss (aux_loss='none' in the adapter config, fp.set_aux_in_loss(model, False))"
+        )
+    return aux
 
 
 def set_aux_in_loss(model: nn.Module, enabled: bool) -> None:
@@ -329,7 +354,7 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
     count it twice; see :func:`set_aux_in_loss`).
     """
     inj = require_injection(model)
-    value = inj.state.aux_loss()
+    value = _trainable_aux(inj, model)
     if value is not None and inj.state.current.aux_in_loss and not inj.warned_double:
         inj.warned_double = True
         warnings.warn(

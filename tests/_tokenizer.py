@@ -13,6 +13,18 @@ import torch
 from torch import nn
 
 TEXT_VOCAB = 128
+
+#: Eight short texts for tiny Trainer runs (4 micro-batches of 2).
+TINY_TEXTS = [
+    "hello world",
+    "a b c d e f",
+    "frame peft",
+    "mixture of experts!",
+    "xyz",
+    "tiny text 12",
+    "one more",
+    "the eighth",
+]
 _SPECIALS = ["<pad>", "</s>", "<unk>"]
 
 

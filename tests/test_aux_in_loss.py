@@ -13,22 +13,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from tests._tokenizer import char_tokenizer, tiny_text_llama
 
 import frame_peft as fp
+from _tokenizer import TINY_TEXTS, char_tokenizer, tiny_text_llama
 from frame_peft.core.inject import find_injection, set_aux_in_loss
 from frame_peft.training.hf_callbacks import AuxLossTrainerMixin
 
-TEXTS = [
-    "hello world",
-    "a b c d e f",
-    "frame peft",
-    "mixture of experts!",
-    "xyz",
-    "tiny text 12",
-    "one more",
-    "the eighth",
-]  # 4 micro-batches of 2: every step accumulates 2
+TEXTS = TINY_TEXTS  # 4 micro-batches of 2: every step accumulates 2
 
 
 def frame_model(**kw):

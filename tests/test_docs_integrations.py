@@ -20,21 +20,12 @@ import pytest
 import torch
 
 import frame_peft as fp
-from _tokenizer import char_tokenizer, tiny_text_llama
+from _tokenizer import TINY_TEXTS, char_tokenizer, tiny_text_llama
 from frame_peft.core.inject import require_injection
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
 MARKER = re.compile(r"<!-- test: (\w+)(?: after=(\w+))? -->\n```python\n(.*?)\n```", re.DOTALL)
-TEXTS = [
-    "hello world",
-    "a b c d e f",
-    "frame peft",
-    "mixture of experts!",
-    "xyz",
-    "tiny text 12",
-    "one more",
-    "the eighth",
-]
+TEXTS = TINY_TEXTS
 
 
 def snippets() -> dict[str, tuple[str | None, str]]:

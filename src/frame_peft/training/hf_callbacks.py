@@ -24,6 +24,9 @@ really steps the :class:`~frame_peft.optim.AdapterOptimizer` you passed in ``opt
 under DeepSpeed the Trainer silently drops it and builds its own AdamW. Both callbacks refuse
 DeepSpeed at ``on_init_end`` (when given in ``Trainer(callbacks=[...])``) and ``on_train_begin``.
 
+:class:`AdapterCheckpointHFCallback` writes the adapter into every checkpoint the Trainer saves
+(its own checkpoint is a full model file with renamed keys, not a loadable adapter).
+
 The routing (aux) loss reaches ``transformers.Trainer`` through ``outputs.loss`` (the loss hook
 of :func:`~frame_peft.inject`). TRL's ``SFTTrainer`` (1.x) computes its loss from fused per-token
 log-probabilities and never reads ``outputs.loss``: subclass it with :class:`AuxLossTrainerMixin`.
@@ -41,6 +44,7 @@ import torch
 
 from .._files import append_json_line
 from ..core.inject import require_injection
+from ..core.serialization import save_adapter
 from ..methods.frame.scan import lm_loss, scan_orders, scan_steps
 from ..optim import AdapterOptimizer, refuse_unsupported_engine
 from .distributed import warn_if_processes_dropped
@@ -112,6 +116,26 @@ class AuxLossTrainerMixin:
                 aux = aux / self.current_gradient_accumulation_steps
             loss = loss + aux.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+
+class AdapterCheckpointHFCallback(_HFCallback):
+    """Writes the adapter (:func:`~frame_peft.save_adapter`) into every checkpoint the Trainer
+    saves, as ``<output_dir>/checkpoint-<step>/adapter``.
+
+    The Trainer's own checkpoint of an injected model is a full ``model.safetensors`` whose
+    adapted projections are renamed (``...q_proj.base_layer.weight``), which neither the plain
+    architecture's ``from_pretrained`` nor PEFT maps back. Reload this folder instead:
+    ``fp.load_adapter(fresh_base, "checkpoint-N/adapter")``. Main process only.
+    """
+
+    def __init__(self, subdir: str = "adapter") -> None:
+        self.subdir = subdir
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_adapter(_inner_model(model), checkpoint / self.subdir)
+        return control
 
 
 class AdapterOptimizerHFCallback(_HFCallback):

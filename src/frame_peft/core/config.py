@@ -95,7 +95,11 @@ class AdapterConfig:
     Args:
         target_modules: module names (a list, matched on the full name or its trailing
             dot-separated suffix, as in PEFT), one regex string (full match on the module name),
-            or ``"all-linear"`` (every Linear/Conv1D except the output head).
+            or ``"all-linear"`` (every Linear/Conv1D except the output head). Every name of a
+            list must match at least one Linear/Conv1D, or ``inject`` raises (a typo must not
+            silently train a different model).
+        allow_unmatched: names of ``target_modules`` (a list) that may match nothing, for a config
+            shared by architectures where some lack that module; ``True`` allows every name.
         rank: low-rank dimension r of each expert (or of the LoRA).
         alpha: scale numerator; the update is multiplied by ``alpha / rank``.
             ``None`` means ``2·rank``.
@@ -108,6 +112,7 @@ class AdapterConfig:
     method: ClassVar[str] = ""
 
     target_modules: list[str] | str = "all-linear"
+    allow_unmatched: list[str] | bool = False
     rank: int = 8
     alpha: float | None = None
     dropout: float = 0.05
@@ -137,6 +142,7 @@ class AdapterConfig:
             raise ValueError(
                 f"target_modules must be a list of names or a string, got {self.target_modules!r}"
             )
+        self._check_allow_unmatched()
         if not isinstance(self.format_version, int) or self.format_version < 1:
             raise ValueError(
                 f"format_version must be a positive integer, got {self.format_version!r}"
@@ -166,6 +172,25 @@ class AdapterConfig:
         self.validate()
         for values in self.overrides.values():
             dataclasses.replace(self, overrides={}, **values)  # validates that module's config
+
+    def _check_allow_unmatched(self) -> None:
+        """``allow_unmatched`` is a bool or a list of names taken from a list ``target_modules``."""
+        if isinstance(self.allow_unmatched, tuple):
+            self.allow_unmatched = list(self.allow_unmatched)
+        if isinstance(self.allow_unmatched, bool):
+            return
+        if not isinstance(self.allow_unmatched, list) or not isinstance(self.target_modules, list):
+            raise ValueError(
+                "allow_unmatched must be True/False or a list of names from a list "
+                f"target_modules, got {self.allow_unmatched!r} (target_modules="
+                f"{self.target_modules!r})"
+            )
+        stray = [t for t in self.allow_unmatched if t not in self.target_modules]
+        if stray:
+            raise ValueError(
+                f"allow_unmatched names {stray}, which are not in target_modules "
+                f"{self.target_modules}"
+            )
 
     @classmethod
     def overridable(cls) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ blocks get the adapter class the block adapter names (plain LoRA), all in one in
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 import warnings
 from collections.abc import Iterator
@@ -86,8 +87,16 @@ def _output_head_ids(model: nn.Module) -> set[int]:
     return ids
 
 
-def match_targets(model: nn.Module, target_modules: list[str] | str) -> list[tuple[str, nn.Module]]:
-    """The (name, module) pairs that ``target_modules`` selects, with a helpful error if none."""
+def match_targets(
+    model: nn.Module, target_modules: list[str] | str, allow_unmatched: list[str] | bool = False
+) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs that ``target_modules`` selects.
+
+    Raises ``ValueError`` when nothing matches, and, for a list, when one of its names matches no
+    Linear/Conv1D (unless ``allow_unmatched`` is True or lists it): a typo such as ``"v_prj"``
+    would otherwise silently adapt fewer modules. The error names the pattern and close
+    candidates.
+    """
     candidates = [(n, m) for n, m in model.named_modules() if n and is_adaptable(m)]
     if target_modules == "all-linear":
         heads = _output_head_ids(model)
@@ -97,11 +106,11 @@ def match_targets(model: nn.Module, target_modules: list[str] | str) -> list[tup
     elif isinstance(target_modules, str):
         picked = [(n, m) for n, m in candidates if re.fullmatch(target_modules, n)]
     else:
-        picked = [
-            (n, m)
-            for n, m in candidates
-            if any(n == t or n.endswith("." + t) for t in target_modules)
-        ]
+        picked = [(n, m) for n, m in candidates if any(_names(n, t) for t in target_modules)]
+        allowed = set(target_modules) if allow_unmatched is True else set(allow_unmatched or ())
+        for t in target_modules:
+            if t not in allowed and not any(_names(n, t) for n, _ in picked):
+                raise ValueError(_unmatched_message(model, t, candidates))
     if not picked:
         leaves = sorted({n.split(".")[-1] for n, _ in candidates})
         raise ValueError(
@@ -109,6 +118,55 @@ def match_targets(model: nn.Module, target_modules: list[str] | str) -> list[tup
             f"names: {leaves} (e.g. {[n for n, _ in candidates[:3]]})"
         )
     return picked
+
+
+def _names(module_name: str, pattern: str) -> bool:
+    return module_name == pattern or module_name.endswith("." + pattern)
+
+
+def _unmatched_message(model: nn.Module, pattern: str, candidates: list) -> str:
+    """Why ``pattern`` matched nothing: a non-Linear module of that name, or close names."""
+    others = [
+        type(m).__name__ for n, m in model.named_modules() if n and _names(n, pattern)
+    ]  # fmt: skip
+    leaves = sorted({n.split(".")[-1] for n, _ in candidates})
+    close = difflib.get_close_matches(pattern, leaves, n=5, cutoff=0.6)
+    what = (
+        f"it names {sorted(set(others))} module(s), not Linear/Conv1D layers"
+        if others
+        else f"close names: {close}"
+        if close
+        else f"adaptable names: {leaves}"
+    )
+    return (
+        f"target_modules entry {pattern!r} matched no Linear/Conv1D module of this "
+        f"{type(model).__name__} ({what}). Fix the name, or, if this architecture lacks the "
+        f"module, list it in the config's allow_unmatched (e.g. allow_unmatched=[{pattern!r}])"
+    )
+
+
+def _refuse_peft_adapters(model: nn.Module) -> None:
+    """``ValueError`` when ``model`` already carries PEFT adapters (a PeftModel or PEFT tuner
+    layers such as LoRA's ``lora_A``/``lora_B``): wrapping them would adapt the adapters."""
+    from peft import PeftModel  # a dependency; imported here to keep `import frame_peft` light
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if isinstance(model, PeftModel):
+        raise ValueError(
+            "this is a PEFT PeftModel: frame-peft adapters cannot be stacked on PEFT adapters. "
+            "Inject into the plain base model, or merge the PEFT adapter first "
+            "(model = model.merge_and_unload())"
+        )
+    for name, module in model.named_modules():
+        is_tuner = isinstance(module, BaseTunerLayer)
+        if is_tuner or name.rpartition(".")[2] in ("lora_A", "lora_B"):
+            layer = name if is_tuner else name.rpartition(".")[0]
+            raise ValueError(
+                f"this model already carries PEFT adapters (at {layer!r}, "
+                f"{type(module).__name__}): frame-peft adapters cannot be stacked on them. "
+                "Inject into the plain base model, or merge the PEFT adapter first "
+                "(peft_model.merge_and_unload())"
+            )
 
 
 def layer_indices(names: list[str]) -> dict[str, int | None]:
@@ -125,7 +183,13 @@ def layer_indices(names: list[str]) -> dict[str, int | None]:
     return out
 
 
-def inject(model: nn.Module, config: AdapterConfig, *, add_aux_to_loss: bool = True) -> nn.Module:
+def inject(
+    model: nn.Module,
+    config: AdapterConfig,
+    *,
+    add_aux_to_loss: bool = True,
+    _relaxed_targets: bool = False,
+) -> nn.Module:
     """Add the adapters ``config`` describes to ``model`` in place, freeze the rest, return it.
 
     ``add_aux_to_loss`` (default True): in training mode, a forward called with ``labels`` returns
@@ -133,8 +197,15 @@ def inject(model: nn.Module, config: AdapterConfig, *, add_aux_to_loss: bool = T
     accumulation like frame-peft's own Trainer (docs/training.md). Set False (or call
     :func:`set_aux_in_loss` later) for code that adds ``fp.aux_loss(model)`` itself.
 
-    Raises ``ValueError`` (leaving the model unchanged) if the model already has adapters,
-    nothing matches, or a module's settings are invalid for its shapes.
+    The new adapter modules take the model's mode (``model.training``): injecting into a model in
+    eval mode gives adapters in eval mode (no dropout, no training-time updates such as FlyLoRA's
+    bias).
+
+    Raises ``ValueError`` (leaving the model unchanged) if the model already has adapters
+    (frame-peft's or PEFT's), nothing matches, a name of a ``target_modules`` list matches nothing
+    (see ``allow_unmatched``), or a module's settings are invalid for its shapes.
+    ``_relaxed_targets`` (internal, :func:`load_adapter`) skips the per-name check: the saved
+    weights name the exact modules.
     """
     if not isinstance(config, AdapterConfig):
         raise TypeError(
@@ -147,7 +218,10 @@ def inject(model: nn.Module, config: AdapterConfig, *, add_aux_to_loss: bool = T
             "this model already has frame-peft adapters; call frame_peft.unload(model) (or "
             "merge_and_unload) before injecting again"
         )
-    targets = match_targets(model, config.target_modules)
+    _refuse_peft_adapters(model)
+    targets = match_targets(
+        model, config.target_modules, True if _relaxed_targets else config.allow_unmatched
+    )
     cls = adapter_class(config.method)
     # Block methods (core/blocks.py) take whole FFN blocks; their other targets get plain Linears.
     blocks, targets = split_block_targets(model, targets, cls)
@@ -170,15 +244,18 @@ def inject(model: nn.Module, config: AdapterConfig, *, add_aux_to_loss: bool = T
     for p in model.parameters():
         p.requires_grad_(False)
     for name, layer in built.items():
+        _take_mode(layer, model.training)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer)
         for p in layer.adapter.parameters():
             p.requires_grad_(True)
     inj = Injection(config, state, built, requires_grad, aux_in_loss=bool(add_aux_to_loss))
+    # Hooks are objects, not closures, so that copy.deepcopy/pickle of the model give the copy
+    # hooks that point at the copy's state and layers.
     inj.hook = model.register_forward_pre_hook(
-        _make_pre_hook(state, list(built.values())), with_kwargs=True
+        _PreHook(state, list(built.values())), with_kwargs=True
     )
-    inj.loss_hook = model.register_forward_hook(_make_loss_hook(inj), with_kwargs=True)
+    inj.loss_hook = model.register_forward_hook(_LossHook(inj), with_kwargs=True)
     setattr(model, STATE_ATTR, inj)
     return model
 
@@ -202,16 +279,28 @@ def _checkpointing(model: nn.Module) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-def _make_pre_hook(state: RoutingState, layers: list[AdaptedLinear]):
-    def hook(module, args, kwargs):
+def _take_mode(layer: nn.Module, training: bool) -> None:
+    """Put the new parts of an adapted layer (adapter, dropout, wrapper) in the model's mode; the
+    base layer keeps its own."""
+    base = {id(m) for m in layer.base_layer.modules()}
+    for m in layer.modules():
+        if id(m) not in base:
+            m.training = training
+
+
+class _PreHook:
+    """The forward pre-hook: opens this forward's routing record and prepares shared work."""
+
+    def __init__(self, state: RoutingState, layers: list[AdaptedLinear]) -> None:
+        self.state, self.layers = state, layers
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")
-        state.begin_forward(
+        self.state.begin_forward(
             mask if isinstance(mask, torch.Tensor) else None, model_inputs(args, kwargs)
         )
         if torch.is_grad_enabled() and not _checkpointing(module):
-            prepare_layers(layers, state.current.scratch)
-
-    return hook
+            prepare_layers(self.layers, self.state.current.scratch)
 
 
 def _loss_of(output: object) -> torch.Tensor | None:
@@ -249,8 +338,14 @@ def aux_weight(kwargs: dict) -> torch.Tensor | float:
     return n.float() / torch.as_tensor(total, device=n.device).float().clamp_min(1)
 
 
-def _make_loss_hook(inj: Injection):
-    def hook(module, args, kwargs, output):
+class _LossHook:
+    """The forward hook that adds this forward's aux loss to ``outputs.loss`` (see inject)."""
+
+    def __init__(self, inj: Injection) -> None:
+        self.inj = inj
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
+        inj = self.inj
         rec = inj.state.current
         if not (inj.aux_in_loss and module.training and rec.from_model) or rec.aux_in_loss:
             return None
@@ -262,8 +357,6 @@ def _make_loss_hook(inj: Injection):
             return None
         rec.aux_in_loss = True  # once per forward (nested or repeated hooks add nothing)
         return _with_loss(output, loss + (aux * aux_weight(kwargs)).to(loss.dtype))
-
-    return hook
 
 
 def _trainable_aux(inj: Injection, model: nn.Module) -> torch.Tensor | None:

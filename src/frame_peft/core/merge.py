@@ -29,10 +29,20 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 
     Exact for LoRA and for one-expert mixtures (including one-expert FRAME and one-expert
     MixLoRA, whose block folds into its gate/up/down projections). Raises
-    :class:`~frame_peft.core.adapter.NotMergeableError` before touching anything otherwise.
+    :class:`~frame_peft.core.adapter.NotMergeableError` before touching anything otherwise, and
+    ``ValueError`` while any adapter is disabled (merging would change what the model computes;
+    re-enable them, or :func:`~.inject.unload` to drop them).
     """
     inj = require_injection(model)
     target = model if getattr(model, STATE_ATTR, None) is inj else model.module
+    disabled = [name for name, layer in inj.layers.items() if not layer.enabled]
+    if disabled:
+        raise ValueError(
+            f"cannot merge: the adapters of {len(disabled)} module(s) are disabled (e.g. "
+            f"{disabled[:3]}; fp.disable_adapters / fp.set_adapters_enabled(model, False)), so "
+            "the model runs without them, but merging would fold them in. Re-enable them to "
+            "merge, or call fp.unload(model) to drop them. Nothing was changed."
+        )
     with torch.no_grad():
         deltas = {}
         for name, layer in inj.layers.items():

@@ -106,11 +106,14 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     Raises ``FileNotFoundError``/``ValueError`` for missing, damaged or incompatible adapters
     (naming the module and both shapes on a mismatch) and leaves ``model`` unchanged then.
+    The adapters take the model's train/eval mode (:func:`inject`). A ``target_modules`` name
+    that matches nothing here is not an error: the saved weights list the exact modules, and a
+    module they have and this model lacks (or the reverse) is refused.
     """
     meta, tensors = read_adapter(path)
     meta = {k: v for k, v in meta.items() if k != "frame_peft"}
     config = config_from_dict(meta)
-    inject(model, config)
+    inject(model, config, _relaxed_targets=True)  # the weights name the exact modules
     try:
         _load_tensors(model, tensors)
     except Exception:

@@ -145,6 +145,19 @@ class RoutingState:
         self.shared: dict[str, Any] = {}
         self.aux_reduction = "mean"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For ``copy.deepcopy`` and pickling of an adapted model: everything but the latest
+        forward's record (its tensors belong to that forward's graph, which cannot be copied)
+        and the observers (callbacks of whoever watches the original). The copy starts with an
+        empty record and no observers; its own next forward fills the record."""
+        state = dict(self.__dict__)
+        state["current"] = ForwardRecord()
+        state["observers"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def embedding_dim(self) -> int | None:
         """Width D of the model's input embeddings, or None when the state has no embedding."""
         weight = getattr(self.input_embedding, "weight", None)

@@ -59,6 +59,7 @@ def test_allow_unmatched_opts_out_per_pattern_and_is_saved(tmp_path) -> None:
     fp.save_adapter(model, tmp_path / "a")
     loaded = fp.load_adapter(tiny_llama(), tmp_path / "a")
     assert fp.adapted_layers(loaded).keys() == fp.adapted_layers(model).keys()
+    assert find_injection(loaded).config.allow_unmatched == ["c_attn"]  # saved with the config
     # True allows every pattern; the other patterns still need allowing when only some are listed
     fp.inject(tiny_gpt2(), fp.LoRAConfig(target_modules=["c_attn", "q_proj"], allow_unmatched=True))
     with pytest.raises(ValueError, match="'q_proj'"):

@@ -25,6 +25,7 @@ model a recipe builds).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,13 @@ from .recipes.schema import Recipe, load_recipe
 
 __all__ = [
     "OFFLINE_NOTE",
+    "NotARunDirError",
     "check_finished",
     "check_same_split",
     "load_run",
     "read_data_records",
     "read_run_info",
+    "require_run_dir",
     "write_data_json",
     "write_recipe",
     "write_run_json",
@@ -71,21 +74,80 @@ def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:
     write_json(run_dir / "run.json", info, default=str)
 
 
+class NotARunDirError(FileNotFoundError):
+    """A folder given as a run directory is not one; the message says what it looks like instead
+    (a checkpoint, an adapter folder, an unfinished or base-model run, an empty folder) and what
+    to pass. A ``FileNotFoundError``, so the CLI prints it as a one-line error."""
+
+
+_EXPECTED = "a run directory written by `frame-peft train` (run.json, recipe.yaml, adapter/)"
+_CHECKPOINT_RE = re.compile(r"checkpoint-\d+(\.tmp)?")
+
+
+def _not_a_run(folder: Path) -> str | None:
+    """Why ``folder`` is not a finished run directory, with what to pass instead; ``None`` if it
+    is one (``run.json``, ``recipe.yaml`` and ``adapter/`` all there)."""
+    if not folder.exists():
+        return f"{folder} does not exist (no run.json to read); expected {_EXPECTED}"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder; expected {_EXPECTED}"
+    parent = folder.parent
+    if _CHECKPOINT_RE.fullmatch(folder.name) or (folder / "trainer_state.json").is_file():
+        return (
+            f"{folder} looks like a training checkpoint ({folder.name}), not a run directory; "
+            f"pass the run directory above it ({parent}) to evaluate the finished run"
+        )
+    if folder.name == "adapter" and (parent / "run.json").is_file():
+        return (
+            f"{folder} is the adapter folder of a run; pass the run directory above it ({parent})"
+        )
+    present = sorted(p.name for p in folder.iterdir())
+    if not present:
+        return f"{folder} is empty; expected {_EXPECTED}, or pass a recipe (name or YAML file)"
+    missing = [n for n in ("run.json", "recipe.yaml", "adapter") if not (folder / n).exists()]
+    if not missing:
+        return None
+    if "run.json" in missing and "recipe.yaml" not in missing:
+        if (folder / "eval.json").is_file() and not any(
+            _CHECKPOINT_RE.fullmatch(n) for n in present
+        ):
+            return (
+                f"{folder} holds an evaluation of the base model (eval.json, no run.json): "
+                "re-evaluate it with `frame-peft eval RECIPE --method base`"
+            )
+        return (
+            f"{folder} has recipe.yaml but no run.json: its training did not finish (run.json is "
+            f"written last); train it again with `frame-peft train {folder / 'recipe.yaml'} "
+            f"--output-dir {folder}` (it resumes from the newest checkpoint-N if there is one)"
+        )
+    return (
+        f"{folder} has no {', '.join(missing)}: expected {_EXPECTED}; "
+        f"it holds {present[:8]}{' ...' if len(present) > 8 else ''}"
+    )
+
+
+def require_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a ``Path`` if it is a finished run directory, else :class:`NotARunDirError`
+    naming the folder, what is missing, and what to pass instead."""
+    folder = Path(run_dir)
+    problem = _not_a_run(folder)
+    if problem is not None:
+        raise NotARunDirError(problem)
+    return folder
+
+
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``run.json``; ``FileNotFoundError`` naming the directory if it has none."""
+    """The run's ``run.json``; :class:`NotARunDirError` saying what the folder is if it has none."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not a run directory written by `frame-peft train` (no run.json)"
-        )
+        raise NotARunDirError(_not_a_run(Path(run_dir)) or f"{run_dir} has no run.json")
     return json.loads(path.read_text())
 
 
 def check_finished(run_dir: str | Path) -> None:
-    """Raise ``FileNotFoundError`` unless ``recipe.yaml`` and ``adapter/`` are there."""
-    for name in ("recipe.yaml", "adapter"):
-        if not (Path(run_dir) / name).exists():
-            raise FileNotFoundError(f"{run_dir} has no {name}: was its training finished?")
+    """Raise :class:`NotARunDirError` unless ``run.json``, ``recipe.yaml`` and ``adapter/`` are
+    there (the message says what the folder is instead and what to pass)."""
+    require_run_dir(run_dir)
 
 
 def read_data_records(run_dir: str | Path) -> list[dict[str, Any]] | None:
@@ -112,7 +174,7 @@ def load_run(
 ) -> tuple[dict[str, Any], Recipe, torch.nn.Module, Any, PreparedData]:
     """Reload what ``train`` wrote in ``run_dir``: ``(run.json, recipe, trained model, tokenizer,
     data)``, the data rebuilt from the recipe and checked against the run's ``data.json``."""
-    run_dir = Path(run_dir)
+    run_dir = require_run_dir(run_dir)
     info = read_run_info(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml", overrides)
     model, tokenizer = load_trained(recipe, info["method"], run_dir / "adapter")

@@ -19,11 +19,12 @@ from .._version import __version__
 from ..peft_bridge import count_parameters
 from ..recipes.data_prep import PreparedData, prepare_data
 from ..recipes.model_prep import attach_adapter, build_model, load_base, load_trained
-from ..recipes.schema import BASELINE, Recipe, load_recipe
+from ..recipes.schema import BASELINE, Recipe, builtin_recipes, load_recipe
 from ..run_dir import (
     OFFLINE_NOTE,
     check_same_split,
     load_run,
+    require_run_dir,
     write_data_json,
     write_recipe,
     write_run_json,
@@ -91,7 +92,7 @@ def train_recipe(
     if method == BASELINE:
         raise ValueError("the base model is not trained; use `frame-peft eval RECIPE`")
     rank, world = _world()
-    run_dir = Path(output_dir or f"runs/{recipe.name}/{method}")
+    run_dir = Path(output_dir or recipe.run_root() / method)
     data = data or prepare_data(recipe)
     config = recipe.train_config(output_dir=str(run_dir))
     if rank == 0:
@@ -181,8 +182,10 @@ def evaluate_target(
     elif lm_eval_include or lm_eval_only:
         raise LmEvalTaskError("--lm-eval-include / --lm-eval-only need --lm-eval TASK ...")
     path = Path(target)
-    if (path / "run.json").is_file():
-        info, recipe, model, tokenizer, data = load_run(path, overrides)
+    # A folder is a run directory or an error saying what it is (a checkpoint, an empty folder,
+    # ...); only a built-in recipe's bare name wins over a same-named folder without run.json.
+    if path.is_dir() and ((path / "run.json").is_file() or target not in builtin_recipes()):
+        info, recipe, model, tokenizer, data = load_run(require_run_dir(path), overrides)
         method = info["method"]
         out_dir = Path(output_dir or path)
     else:
@@ -194,7 +197,7 @@ def evaluate_target(
                 f"directory written by `frame-peft train` (e.g. runs/{recipe.name}/{method})"
             )
         model, tokenizer = build_model(recipe, BASELINE)
-        out_dir = Path(output_dir or f"runs/{recipe.name}/{BASELINE}")
+        out_dir = Path(output_dir or recipe.run_root() / BASELINE)
         data = None if lm_eval_only else prepare_data(recipe)
         if data is not None:
             check_same_split(out_dir, data)
@@ -226,7 +229,7 @@ def compare_recipe(
     from ..evaluation import comparison_table
 
     methods = list(methods or recipe.compare)
-    root = Path(output_dir or f"runs/{recipe.name}")
+    root = Path(output_dir or recipe.run_root())
     data = prepare_data(recipe)
     print(data.summary())
     results, timings = [], {}

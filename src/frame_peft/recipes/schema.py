@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,13 @@ from typing import Any
 __all__ = [
     "BASELINE",
     "PEFT_METHODS",
+    "RUNS_DIR",
     "Recipe",
     "RecipeError",
     "all_method_names",
     "apply_overrides",
     "builtin_recipes",
+    "check_recipe_name",
     "load_recipe",
 ]
 
@@ -50,6 +53,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 SOURCES = ("offline", "hub")
 MIXTURES = ("proportional", "uniform")
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+RUNS_DIR = Path("runs")  # default parent of every run directory: runs/<recipe name>/<method>
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class RecipeError(ValueError):
@@ -74,6 +79,21 @@ def _check_keys(where: str, given: Mapping[str, Any], allowed: Sequence[str]) ->
 def _check_choice(where: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise RecipeError(f"{where} = {value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def check_recipe_name(name: Any) -> str:
+    """Return ``name`` if it is a safe single path component, else raise :class:`RecipeError`.
+
+    The name becomes ``runs/<name>/``; a ``/``, ``..`` or absolute name would write outside the
+    runs directory, so only letters, digits, ``-``, ``_`` and ``.`` are allowed (not ``.``/``..``).
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        raise RecipeError(
+            f"name = {name!r} is not allowed: a recipe name becomes the folder runs/<name>/, so "
+            "it must be one path component of letters, digits, '-', '_' or '.' (not '.' or "
+            "'..'); to write elsewhere pass --output-dir"
+        )
+    return name
 
 
 def _check_counts(where: str, counts: Any) -> dict[str, int]:
@@ -161,6 +181,25 @@ class Recipe:
     source_path: str | None = None
 
     def __post_init__(self) -> None:
+        check_recipe_name(self.name)
+        if not isinstance(self.description, str):
+            raise RecipeError(f"description must be a string, got {self.description!r}")
+        for key, cls in _SECTIONS.items():
+            if not isinstance(getattr(self, key), cls):
+                raise RecipeError(
+                    f"{key} must be a mapping of keys to values, got {getattr(self, key)!r}"
+                )
+        if not isinstance(self.train, Mapping):
+            raise RecipeError(
+                f"train must be a mapping of TrainConfig fields to values, got {self.train!r}"
+            )
+        if "output_dir" in self.train:
+            raise RecipeError(
+                "train.output_dir is not a recipe key: the run directory is "
+                "runs/<name>/<method>, or the --output-dir you pass to train/compare"
+            )
+        if not isinstance(self.compare, list) or not all(isinstance(m, str) for m in self.compare):
+            raise RecipeError(f"compare must be a list of method names, got {self.compare!r}")
         methods = all_method_names()
         _check_choice("method", self.method, methods)
         _check_keys("adapters", self.adapters, methods)
@@ -200,13 +239,16 @@ class Recipe:
                 raise RecipeError(f"adapters.{method}: {err}") from None
         return kwargs
 
+    def run_root(self) -> Path:
+        """``runs/<name>``: the default parent of this recipe's run directories (name re-checked,
+        since a dataclass field can be reassigned after validation)."""
+        return RUNS_DIR / check_recipe_name(self.name)
+
     def train_config(self, output_dir: str | None = None):
         """The :class:`frame_peft.training.TrainConfig` of ``train:`` (validated)."""
         from ..training import TrainConfig
 
-        values = {"output_dir": output_dir or f"runs/{self.name}/{self.method}", **self.train}
-        if output_dir is not None:
-            values["output_dir"] = output_dir
+        values = {**self.train, "output_dir": output_dir or str(self.run_root() / self.method)}
         try:
             return TrainConfig.from_dict(values)
         except (TypeError, ValueError) as err:
@@ -259,7 +301,12 @@ def recipe_from_dict(data: Mapping[str, Any], source_path: str | None = None) ->
     kwargs = dict(copy.deepcopy(data))
     for key, cls in _SECTIONS.items():
         if key in kwargs:
-            section = kwargs[key] if kwargs[key] is not None else {}
+            section = kwargs[key]
+            if section is None:
+                raise RecipeError(
+                    f"{key} is null (an empty '{key}:' line, or --set {key}=null?); give its "
+                    f"fields as a mapping, or remove the key to use the defaults"
+                )
             if key == "model" and isinstance(section, str):
                 section = {"name": section}
             _check_keys(key, section, [f.name for f in dataclasses.fields(cls)])
@@ -312,7 +359,7 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         if str(name_or_path) not in builtin:
             raise RecipeError(
                 f"no recipe file {str(name_or_path)!r} and no built-in recipe of that name; "
-                f"built-in recipes: {sorted(builtin)}"
+                f"expected a YAML file or one of the built-in recipes: {sorted(builtin)}"
             )
         path = builtin[str(name_or_path)]
     try:

@@ -502,3 +502,20 @@ def test_aux_reduction_sums_or_averages_the_module_terms():
 def test_z_loss_is_refused_not_ignored():
     with pytest.raises(ValueError, match="z_loss_coef must be 0 for hmora"):
         HMoRAConfig(z_loss_coef=0.01)
+
+
+def test_default_deepcopy_and_pickle_after_a_training_forward():
+    """The authors' variant (one model-level task encoder in the routing state's shared objects):
+    a copy taken after a training forward is its own model, encoder included, and trains."""
+    import copy
+    import pickle
+
+    model = _default_model()
+    model.train()
+    model(**batch()).loss.backward()
+    clone = copy.deepcopy(model)
+    enc = [a.task_encoder for a in adapters(model).values() if hasattr(a, "task_encoder")]
+    cenc = [a.task_encoder for a in adapters(clone).values() if hasattr(a, "task_encoder")]
+    assert enc and cenc and cenc[0] is not enc[0]
+    clone(**batch()).loss.backward()
+    assert pickle.loads(pickle.dumps(model)) is not None

@@ -134,14 +134,9 @@ def _train_step(model: torch.nn.Module) -> None:
 
 # HMoRA's layer keeps its last forward's routing tensors on the adapter (``_last``, outside the
 # routing state), which torch cannot deep-copy after a training forward: open in issue 16.
-_HMORA_LAST = pytest.mark.xfail(
-    strict=True, reason="HMoRAAdapter._last holds non-leaf tensors of the last forward"
-)
-
-
 @pytest.mark.parametrize(
     "method",
-    [pytest.param(m, marks=_HMORA_LAST) if m == "hmora" else m for m in sorted(MODE_CONFIGS)],
+    sorted(MODE_CONFIGS),
 )
 def test_deepcopy_after_a_training_forward_has_its_own_state(method: str) -> None:
     model = fp.inject(tiny_llama(), MODE_CONFIGS[method](LLAMA_TARGETS))

@@ -257,6 +257,13 @@ class HMoRAAdapter(LowRankMixture):
             out["gjs_task"] = c * gjs_loss(q, None if per_seq else mask, gb, gc)
         return out
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the last forward's routing tensors (``_last``: graph-attached
+        values the aux loss reads right after that forward), as the routing state drops its
+        record; nothing later reads them before the next forward refills them."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else dict(self.__dict__)
+        return {**state, "_last": {}}
+
     # Update ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, route_x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

@@ -256,8 +256,24 @@ class AdapterOptimizer(torch.optim.Optimizer):
             return None
         return torch.nn.utils.clip_grad_norm_(grads_params, max_norm, foreach=self.foreach)
 
+    def clip_gradients(self) -> dict[str, torch.Tensor | None]:
+        """Clip each set to its own max norm now, as :meth:`step` would, and return the pre-clip
+        norms as device tensors (no host sync; also kept in :attr:`last_grad_norm_tensors`).
+
+        The next :meth:`step` then steps without clipping again, so a caller can look at the
+        norms (e.g. refuse a non-finite step, as the Trainer does) before the parameters change.
+        :meth:`zero_grad` forgets a clip whose step was skipped.
+        """
+        self._last_grad_norms = {
+            "main": self._clip(self.main, self.max_grad_norm),
+            "order": self._clip(self.order, self.order_max_grad_norm),
+        }
+        self._clipped = True
+        return dict(self._last_grad_norms)
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Clip each set to its own max norm (if set), then step ``main`` and ``order``.
+        """Clip each set to its own max norm (if set; skipped when :meth:`clip_gradients` already
+        clipped these gradients), then step ``main`` and ``order``.
 
         Args:
             closure: optional callable that re-evaluates the model and returns the loss; it is
@@ -275,10 +291,9 @@ class AdapterOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._last_grad_norms = {
-            "main": self._clip(self.main, self.max_grad_norm),
-            "order": self._clip(self.order, self.order_max_grad_norm),
-        }
+        if not self.__dict__.pop("_clipped", False):
+            self.clip_gradients()
+            self.__dict__.pop("_clipped", None)
         self.main.step()
         self.order.step()
         self.steps_taken = self.__dict__.get("steps_taken", 0) + 1
@@ -290,6 +305,7 @@ class AdapterOptimizer(torch.optim.Optimizer):
         Args:
             set_to_none: set ``.grad`` to ``None`` (default) instead of zeroing it in place.
         """
+        self.__dict__.pop("_clipped", None)  # new gradients are clipped afresh
         self.main.zero_grad(set_to_none=set_to_none)
         self.order.zero_grad(set_to_none=set_to_none)
 

@@ -43,6 +43,7 @@ from ..core.serialization import (
 )
 from ..peft_bridge import is_peft_model
 from .distributed import DistEnv, full_tensors, is_dtensor, unwrap
+from .nonfinite import NonFiniteError, nonfinite_names, trainable_tensors
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_NAME = "trainer_state.json"
@@ -265,6 +266,7 @@ def save_checkpoint(
     from .distributed import gathered_optimizer_state
 
     step = trainer_state["step"]
+    refuse_nonfinite(model, env, output_dir, step)
     final, tmp = output_dir / f"checkpoint-{step}", output_dir / f"checkpoint-{step}.tmp"
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -284,6 +286,26 @@ def save_checkpoint(
         commit_dir(tmp, final)
     env.barrier()
     return final
+
+
+def refuse_nonfinite(model: nn.Module, env: DistEnv, output_dir: Path, step: int) -> None:
+    """Raise :class:`NonFiniteError` (on every rank) if an adapter tensor of ``model`` holds a
+    NaN or inf, before anything of ``checkpoint-<step>`` is written: a NaN checkpoint would
+    replace a good one under ``keep_checkpoints``, and resuming from it cannot recover."""
+    inner = unwrap(model)
+    tensors = trainable_tensors(inner)
+    if find_injection(inner) is not None:
+        tensors.update(adapter_state_dict(inner))
+    bad = nonfinite_names(tensors)
+    if env.all_reduce_sum(torch.tensor([float(len(bad))])).item() == 0:
+        return
+    good = latest_checkpoint(output_dir)
+    raise NonFiniteError(
+        f"refusing to write checkpoint-{step}: adapter tensors hold NaN/inf values "
+        f"(e.g. {bad[:3] or 'on another rank'}); the last good checkpoint is "
+        f"{good if good is not None else 'none (none was written)'}. Resume from it with a "
+        "lower learning rate, or check the data and the loss"
+    )
 
 
 def load_training_state(

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from .nonfinite import check_policy
 from .trackers import REPORT_TO_NAMES, normalize_report_to
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -115,6 +116,14 @@ class TrainConfig:
             given to the Trainer).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``None`` (single process: where the model
             already is; distributed: ``cuda:LOCAL_RANK`` if CUDA is available, else the CPU).
+        nonfinite: what a step with a NaN/inf loss or gradient norm does, checked before the
+            parameters change: ``"error"`` (default) stops with a ``NonFiniteError`` naming the
+            step, the loss and the last good checkpoint; ``"skip"`` drops the step (no update,
+            gradients zeroed; it still counts towards ``max_steps`` and the lr schedule) and
+            logs ``skipped_steps``. With ``dtype="float16"`` inf/NaN gradients are the gradient
+            scaler's to skip; a non-finite loss still counts.
+        max_skipped_steps: with ``nonfinite="skip"``, stop with ``NonFiniteError`` when more
+            than this many steps in a row are non-finite.
     """
 
     output_dir: str
@@ -148,6 +157,8 @@ class TrainConfig:
     shuffle: bool = True
     pad_token_id: int = 0
     device: str | None = None
+    nonfinite: str = "error"
+    max_skipped_steps: int = 10
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, str) or not self.output_dir:
@@ -218,6 +229,8 @@ class TrainConfig:
                 "gradient scaler would need sharded inf checks); use dtype='bfloat16'"
             )
         self._check_report_to()
+        check_policy("nonfinite", self.nonfinite)
+        _positive_int("max_skipped_steps", self.max_skipped_steps)
         for name in ("gradient_checkpointing", "progress", "shuffle"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be True or False, got "

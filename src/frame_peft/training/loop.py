@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import shutil
 import time
 import warnings
@@ -50,6 +51,7 @@ from .distributed import (
 from .logging import RunLogger, routing_summary
 from .losses import count_labelled, extra_model_loss, lm_loss_sum
 from .model_loading import enable_activation_checkpointing
+from .nonfinite import NonFiniteError, nonfinite_grad_flag
 from .order_scan import OrderScanCallback, uses_scan
 from .sampler import StepBatchSampler, pad_collate
 from .schedule import build_scheduler
@@ -58,7 +60,7 @@ from .schedule import build_scheduler
 _FREE_ON_RESUME = {
     "resume", "progress", "tensorboard", "report_to", "output_dir", "num_workers", "log_every",
     "eval_every", "save_every", "keep_checkpoints", "max_steps", "num_epochs", "device",
-    "distributed", "find_unused_parameters",
+    "distributed", "find_unused_parameters", "nonfinite", "max_skipped_steps",
 }  # fmt: skip
 
 
@@ -80,10 +82,15 @@ class _Window:
         self.steps = self.tokens = 0
         self.t0 = time.perf_counter()
 
-    def add(self, loss: float, aux: float, tokens: int) -> float:
-        self.loss, self.aux = self.loss + loss, self.aux + aux
-        self.steps, self.tokens = self.steps + 1, self.tokens + tokens
+    def add(self, loss: float, aux: float, tokens: int, skipped: bool = False) -> float:
+        if not skipped:  # a skipped non-finite step would turn the mean into NaN
+            self.loss, self.aux = self.loss + loss, self.aux + aux
+            self.steps += 1
+        self.tokens += tokens
         return self.tokens / max(time.perf_counter() - self.t0, 1e-9)  # tokens/s so far
+
+    def mean(self, total: float) -> float:
+        return total / self.steps if self.steps else float("nan")
 
 
 class Trainer:
@@ -249,6 +256,7 @@ class Trainer:
 
         self._wrapped, self._logger, self._global_batch = model, logger, global_batch
         self._last_ckpt, self._eval_metrics = None, {}
+        self._skipped, self._skipped_in_a_row = 0, 0  # non-finite steps (nonfinite="skip")
         last = {"loss": float("nan"), "aux_loss": float("nan")}
         self._window, session_tokens, t_start = _Window(), 0, time.perf_counter()
         for cb in self.callbacks:
@@ -319,23 +327,65 @@ class Trainer:
             sums += torch.stack([ce.detach().double(), aux.detach().double()])
         lrs = self._lrs()
         if self._scaler is not None:
-            self._scaler.step(opt)
-            self._scaler.update()
+            self._scaler.unscale_(opt)  # clip and check the true gradients
+        norm_t = opt.clip_gradients()
+        # with float16 the gradient scaler skips inf/NaN gradients itself
+        bad_grad = nonfinite_grad_flag(opt, norm_t, env.device, self._scaler is None)
+        # the step's one host sync, before the parameters change: losses and the gradient check
+        ce_all, aux_all, bad = env.all_reduce_sum(torch.cat([sums, bad_grad.reshape(1)])).tolist()
+        loss, aux_mean = ce_all / n_labels, aux_all / (accum * env.world_size)
+        finite = math.isfinite(loss) and math.isfinite(aux_mean) and bad == 0
+        if finite:
+            if self._scaler is not None:
+                self._scaler.step(opt)
+                self._scaler.update()
+            else:
+                opt.step()
+            after_optimizer_step(model, pos.step)  # AdaLoRA ranks by gradients: before zero_grad
+            broadcast_adapter_buffers(model, env)  # FlyLoRA's bias: rank 0's on every rank
+            self._skipped_in_a_row = 0
         else:
-            opt.step()
-        after_optimizer_step(model, pos.step)  # AdaLoRA ranks by gradients: before zero_grad
-        broadcast_adapter_buffers(model, env)  # FlyLoRA's bias: rank 0's on every rank
+            self._refuse_step(pos.step + 1, loss, aux_mean, opt.last_grad_norms)
+            if self._scaler is not None:
+                self._scaler.update()  # lowers the scale; the step itself is skipped
         self.scheduler.step()
         opt.zero_grad(set_to_none=True)
         pos.step, pos.step_in_epoch = pos.step + 1, pos.step_in_epoch + 1
         pos.tokens_seen += int(n_tokens)
-        ce_all, aux_all = env.all_reduce_sum(sums).tolist()
         norms = opt.last_grad_norms
-        return {
-            "loss": ce_all / n_labels, "aux_loss": aux_all / (accum * env.world_size), **lrs,
+        out = {
+            "loss": loss, "aux_loss": aux_mean, **lrs,
             "grad_norm_main": norms["main"], "grad_norm_order": norms["order"],
-            "tokens": int(n_tokens),
+            "tokens": int(n_tokens), "skipped": not finite,
         }  # fmt: skip
+        if self.config.nonfinite == "skip":
+            out["skipped_steps"] = self._skipped
+        return out
+
+    def _refuse_step(
+        self, step: int, loss: float, aux: float, norms: dict[str, float | None]
+    ) -> None:
+        """A non-finite step: raise (``nonfinite="error"``) or count a skip; never update."""
+        cfg = self.config
+        last = self._last_ckpt or "none (no checkpoint was written before this step)"
+        what = (
+            f"non-finite values at step {step}: loss={loss}, aux_loss={aux}, "
+            f"grad_norm_main={norms['main']}, grad_norm_order={norms['order']}"
+        )
+        if cfg.nonfinite == "skip":
+            self._skipped += 1
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row <= cfg.max_skipped_steps:
+                self._logger.write(f"{what}; step skipped (no parameter update)")
+                return
+            what += f" ({self._skipped_in_a_row} non-finite steps in a row)"
+        message = (
+            f"{what}. The parameters were not updated by this step and no checkpoint of it was "
+            f"written; the last good checkpoint is {last}. Lower the learning rate, check the "
+            "data, or set TrainConfig(nonfinite='skip', max_skipped_steps=N) to skip such steps"
+        )
+        self._logger.write(message)
+        raise NonFiniteError(message)
 
     @staticmethod
     def _forward(model: nn.Module, inputs: dict[str, torch.Tensor], extra: dict) -> Any:
@@ -355,11 +405,11 @@ class Trainer:
     ) -> None:
         """Progress bar, log record (+ eval), callbacks, checkpoint."""
         cfg, window = self.config, self._window
-        tok_s = window.add(stats["loss"], stats["aux_loss"], stats["tokens"])
+        tok_s = window.add(stats["loss"], stats["aux_loss"], stats["tokens"], stats["skipped"])
         self._logger.progress(pos.step, stats["loss"], stats["aux_loss"], tok_s, stats.get("lr", 0))
         metrics = {
             "step": pos.step, "epoch": pos.epoch,
-            **{k: v for k, v in stats.items() if k != "tokens"},
+            **{k: v for k, v in stats.items() if k not in ("tokens", "skipped")},
             "tokens_per_s": tok_s, "tokens_seen": pos.tokens_seen,
             "elapsed_s": time.perf_counter() - t_start,
         }  # fmt: skip
@@ -367,8 +417,8 @@ class Trainer:
         record: dict[str, Any] | None = None
         order_lists = None
         if pos.step % cfg.log_every == 0 or final:
-            record = {**metrics, "loss": window.loss / window.steps,
-                      "aux_loss": window.aux / window.steps}  # fmt: skip
+            record = {**metrics, "loss": window.mean(window.loss),
+                      "aux_loss": window.mean(window.aux)}  # fmt: skip
             order_lists = routing_summary(self._wrapped, record)
             self._window = _Window()
         if self.eval_fn is not None and (
@@ -457,4 +507,4 @@ class Trainer:
         return final
 
 
-__all__ = ["TrainResult", "Trainer", "TrainerCallback"]
+__all__ = ["NonFiniteError", "TrainResult", "Trainer", "TrainerCallback"]

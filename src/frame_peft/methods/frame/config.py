@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ...core.config import check_positive_int
+from ...core.config import check_positive_int, is_number
 from ...transforms.by_name import TRANSFORMS
 from ..moe_lora.config import MoELoRAConfig
 
@@ -117,7 +116,7 @@ def _validate_scan(c: FrameConfig) -> None:
     if (
         not isinstance(at, list | tuple)
         or not at
-        or not all(isinstance(f, int | float) and 0 < f < 1 for f in at)
+        or not all(is_number(f) and 0 < f < 1 for f in at)
         or any(b <= a for a, b in itertools.pairwise(at))
     ):
         raise ValueError(
@@ -128,10 +127,12 @@ def _validate_scan(c: FrameConfig) -> None:
         check_positive_int(key, getattr(c, key))
     if c.scan_basis not in ("shared", "expert"):
         raise ValueError(f"scan_basis must be 'shared' or 'expert', got {c.scan_basis!r}")
-    if not isinstance(c.scan_grid, int | float) or not c.scan_grid >= 0.5:
-        raise ValueError(f"scan_grid (candidates per 1/d) must be >= 0.5, got {c.scan_grid!r}")
-    if not isinstance(c.scan_margin, int | float) or c.scan_margin < 0:
-        raise ValueError(f"scan_margin must be a number >= 0, got {c.scan_margin!r}")
+    if not is_number(c.scan_grid) or not c.scan_grid >= 0.5:
+        raise ValueError(
+            f"scan_grid (candidates per 1/d) must be a finite number >= 0.5, got {c.scan_grid!r}"
+        )
+    if not is_number(c.scan_margin) or c.scan_margin < 0:
+        raise ValueError(f"scan_margin must be a finite number >= 0, got {c.scan_margin!r}")
 
 
 def initial_orders(c: FrameConfig) -> list[float]:
@@ -148,6 +149,6 @@ def initial_orders(c: FrameConfig) -> list[float]:
             f"init_orders must list one order per expert ({e} here, after per-module overrides), "
             f"got {init!r}"
         )
-    if not all(isinstance(a, int | float) and math.isfinite(a) for a in init):
+    if not all(is_number(a) for a in init):
         raise ValueError(f"init_orders must be finite numbers, got {init!r}")
     return [float(a) for a in init]

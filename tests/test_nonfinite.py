@@ -206,3 +206,25 @@ def test_frame_lists_reject_nonfinite(kwargs, field):
         from frame_peft.methods.frame.config import initial_orders
 
         initial_orders(fp.FrameConfig(num_experts=4, **kwargs))
+
+
+def test_float16_nan_loss_errors_and_inf_gradient_is_left_to_the_scaler(tmp_path):
+    """float16: a NaN loss stops the run; an inf/NaN gradient alone is the gradient scaler's
+    to skip (it lowers the scale), so training goes on without an update at that step."""
+    model = lora_model()
+    Poison(model, {4}, "loss")
+    with pytest.raises(NonFiniteError, match="step 4"):
+        Trainer(model, RandomTokens(64), config(tmp_path / "a", dtype="float16")).train()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "a" / "run")] == [2, 3]
+
+    model, seen = lora_model(), {}
+    Poison(model, {3}, "grad")
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, trainer, step, metrics):
+            seen[step] = trainable(model)
+
+    cfg = config(tmp_path / "b", dtype="float16", max_steps=4)
+    result = Trainer(model, RandomTokens(64), cfg, callbacks=[Snapshot()]).train()
+    assert result.global_step == 4 and all_finite(result.adapter_path)
+    assert all(torch.equal(a, b) for a, b in zip(seen[2], seen[3], strict=True))

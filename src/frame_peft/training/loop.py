@@ -9,8 +9,10 @@ One optimizer step: fetch this rank's ``A`` micro-batches, count the labelled to
 global batch (all-reduced), then for each micro-batch run the forward inside
 ``fp.routing_context(attention_mask=..., task_ids=...)`` and backpropagate the objective of
 :mod:`frame_peft.training.losses` (gradient sync skipped on all but the last micro-batch); then
-``optimizer.step()`` (the :class:`~frame_peft.AdapterOptimizer` clips adapter weights and FRAME
-orders separately), ``after_optimizer_step`` (AdaLoRA), ``scheduler.step()``, ``zero_grad``; then
+clip (the :class:`~frame_peft.AdapterOptimizer` clips adapter weights and FRAME orders
+separately), read the loss sums and a non-finite-gradient flag in the step's one host sync (a
+NaN/inf step raises or is skipped before any update: ``TrainConfig.nonfinite``),
+``optimizer.step()``, ``after_optimizer_step`` (AdaLoRA), ``scheduler.step()``, ``zero_grad``; then
 log, evaluate, checkpoint. See ``docs/training.md``.
 """
 

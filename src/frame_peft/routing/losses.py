@@ -62,21 +62,37 @@ def load_and_importance(
     probs, indices = routing.probs, routing.indices
     if indices.shape[-1] == probs.shape[-1] and probs.shape[-1] > 1:
         indices = probs.argmax(dim=-1, keepdim=True)
+    counts, n, p = _slot_counts(probs, indices, mask)
+    f = counts / (n * indices.shape[-1])
+    return f.detach(), p
+
+
+def _slot_counts(
+    probs: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(c, n, P)``: c (E,) valid tokens that chose each expert among their k (``indices``
+    (T, k)), n the valid-token count (>= 1), P (E,) the mean probability over valid tokens."""
     m, n = _mask_and_count(mask, probs.shape[0], probs)
     k = indices.shape[-1]
     slot_weights = m.unsqueeze(-1).expand(-1, k).reshape(-1)
     counts = torch.zeros(probs.shape[-1], device=probs.device).scatter_add(
         0, indices.reshape(-1), slot_weights
     )
-    f = counts / (n * k)
-    p = (probs * m.unsqueeze(-1)).sum(dim=0) / n
-    return f.detach(), p
+    return counts, n, (probs * m.unsqueeze(-1)).sum(dim=0) / n
 
 
 def switch_loss(routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:
     """Per-expert Switch load-balancing loss ``E · Σ_e f_e P_e``."""
     f, p = load_and_importance(routing, mask)
     return f.numel() * (f * p).sum()
+
+
+def mixtral_balance_loss(routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mixtral / MoE-PEFT's load-balance loss ``E · Σ_e (c_e/n) P_e`` (= k · :func:`switch_loss`
+    for k < E; see the convention above): c_e the valid tokens with e among their k choices
+    (every one of the k counted, also for a dense router), P_e the mean probability."""
+    counts, n, p = _slot_counts(routing.probs, routing.indices, mask)
+    return p.numel() * ((counts / n).detach() * p).sum()
 
 
 def grouped_switch_loss(

@@ -1,6 +1,7 @@
 from ...core.config import register_method
+from ...routing import mixtral_balance_loss
 from .config import MixLoRAConfig
-from .layer import MixLoRAAdapter, mixtral_balance_loss
+from .layer import MixLoRAAdapter
 
 register_method(MixLoRAConfig, MixLoRAAdapter)
 

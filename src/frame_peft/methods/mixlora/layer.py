@@ -36,27 +36,8 @@ from ...core.adapter import LayerContext, NotMergeableError
 from ...core.blocks import BlockAdapter
 from ...core.mixture import init_lora_factors
 from ...core.routed import RoutedAdapter
-from ...routing import Routing, switch_loss
+from ...routing import Routing, mixtral_balance_loss, switch_loss
 from .config import MixLoRAConfig
-
-
-def mixtral_balance_loss(routing: Routing, mask: torch.Tensor | None) -> torch.Tensor:
-    """``E · Σ_e c_e P_e`` (module docstring): c_e share of valid tokens with e among their k
-    choices (``routing.indices`` (T, k)), P_e mean probability (``routing.probs`` (T, E))."""
-    probs, indices = routing.probs, routing.indices
-    num_tokens, num_experts = probs.shape
-    m = (
-        torch.ones(num_tokens, device=probs.device)
-        if mask is None
-        else mask.to(device=probs.device, dtype=torch.float32).reshape(-1)
-    )
-    n = m.sum().clamp_min(1.0)
-    k = indices.shape[-1]
-    counts = torch.zeros(num_experts, device=probs.device).scatter_add(
-        0, indices.reshape(-1), m.repeat_interleave(k)
-    )
-    p = (probs * m.unsqueeze(-1)).sum(dim=0) / n
-    return num_experts * ((counts / n).detach() * p).sum()
 
 
 class MixLoRAAdapter(BlockAdapter, RoutedAdapter):

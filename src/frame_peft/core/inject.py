@@ -352,15 +352,16 @@ class _LossHook:
         if not isinstance(kwargs.get("labels"), torch.Tensor):
             return None  # no labels: the caller computes the loss (frame-peft's Trainer)
         loss = _loss_of(output)
-        aux = _trainable_aux(inj, module)
+        aux = checked_aux_loss(inj, module)
         if loss is None or aux is None:
             return None
         rec.aux_in_loss = True  # once per forward (nested or repeated hooks add nothing)
         return _with_loss(output, loss + (aux * aux_weight(kwargs)).to(loss.dtype))
 
 
-def _trainable_aux(inj: Injection, model: nn.Module) -> torch.Tensor | None:
-    """This forward's aux loss; raises when it should carry a gradient and does not.
+def checked_aux_loss(inj: Injection, model: nn.Module) -> torch.Tensor | None:
+    """This forward's aux loss (None without one); raises when it should carry a gradient and
+    does not. Every reader of the aux loss for training goes through it.
 
     Reentrant activation checkpointing runs each block's first pass without grad, so the aux
     terms its routers record there have no graph, and the recompute during backward records new
@@ -447,7 +448,7 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
     count it twice; see :func:`set_aux_in_loss`).
     """
     inj = require_injection(model)
-    value = _trainable_aux(inj, model)
+    value = checked_aux_loss(inj, model)
     if value is not None and inj.state.current.aux_in_loss and not inj.warned_double:
         inj.warned_double = True
         warnings.warn(

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from .._files import append_json_line
-from ..core.inject import require_injection
+from ..core.inject import checked_aux_loss, require_injection
 from ..core.serialization import save_adapter
 from ..methods.frame.scan import lm_loss, scan_orders, scan_steps
 from ..optim import AdapterOptimizer, refuse_unsupported_engine
@@ -100,7 +100,7 @@ class AuxLossTrainerMixin:
 
         def keep(module, args, output):
             if not seen:
-                seen.append(inj.state.aux_loss())
+                seen.append(checked_aux_loss(inj, module))
 
         handle = inner.register_forward_hook(keep)
         try:

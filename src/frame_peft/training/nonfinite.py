@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .distributed import full_tensor
+
 if TYPE_CHECKING:
     from ..optim import AdapterOptimizer
 
@@ -52,8 +54,7 @@ def nonfinite_grad_flag(
         group = [p for g in inner.param_groups for p in g["params"]]
         norm = norms.get(name)
         if norm is not None:
-            if hasattr(norm, "full_tensor"):
-                norm = norm.full_tensor()
+            norm = full_tensor(norm)
             flag = flag + (~torch.isfinite(norm.detach())).to(device, torch.float64)
             continue
         grads = [_local(p.grad) for p in group if p.grad is not None]

@@ -12,8 +12,10 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
     trainer_state.json         step, epoch, step_in_epoch, tokens_seen, data seed, global batch
                                size, world size, the TrainConfig; written last
 
-Everything is written into ``checkpoint-<step>.tmp/``, fsynced, then renamed: a directory named
-``checkpoint-<step>`` is always complete, and :func:`latest_checkpoint` ignores ``*.tmp`` ones.
+Everything is written into ``checkpoint-<step>.tmp/``, marked complete, fsynced, then renamed
+(:func:`frame_peft._files.replace_directory`): a directory named ``checkpoint-<step>`` is always
+complete, :func:`latest_checkpoint` ignores ``*.tmp`` ones, and :func:`recover_output_dir`
+finishes or undoes a swap a killed process left half done.
 All ranks write their RNG file into the same directory (a filesystem shared by the ranks).
 """
 
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import write_json
+from .._files import recover_directories, replace_directory, temp_directory, write_json
 from ..core.inject import find_injection
 from ..core.serialization import (
     adapter_state_dict,
@@ -79,35 +81,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems refuse to open directories
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def commit_dir(tmp: Path, final: Path) -> None:
-    """fsync ``tmp`` and rename it to ``final`` (replacing an existing ``final``)."""
-    _fsync_tree(tmp)
-    old = None
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Make the written folder ``tmp`` (``<final>.tmp``) the new ``final``: marker, fsync, swap
+    (:func:`frame_peft._files.replace_directory`); a kill at any point leaves a version that
+    :func:`recover_output_dir` puts back in place on the next start."""
+    replace_directory(tmp, final)
+
+
+def _owned(name: str) -> bool:
+    return name == ADAPTER_DIR or CHECKPOINT_RE.match(name) is not None
+
+
+def recover_output_dir(output_dir: str | os.PathLike) -> list[str]:
+    """Finish or undo the directory swaps (``adapter/``, ``checkpoint-<step>/``) that a killed
+    run left half done in ``output_dir``; incomplete ``*.tmp`` folders are deleted. Returns
+    what was done. Rank 0 calls it once at the start of ``train()``, before anything reads."""
+    return recover_directories(output_dir, _owned)
 
 
 # -- adapter weights -----------------------------------------------------------------------------
@@ -267,7 +256,8 @@ def save_checkpoint(
 
     step = trainer_state["step"]
     refuse_nonfinite(model, env, output_dir, step)
-    final, tmp = output_dir / f"checkpoint-{step}", output_dir / f"checkpoint-{step}.tmp"
+    final = output_dir / f"checkpoint-{step}"
+    tmp = temp_directory(final)
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -87,6 +87,14 @@ class TrainConfig:
         keep_checkpoints: keep the newest this many ``checkpoint-*`` directories (``None``: all).
         resume: ``"auto"`` (continue from the newest complete checkpoint in ``output_dir``, or
             start fresh if there is none), ``None`` (always start fresh) or a checkpoint path.
+            An output directory belongs to one run: ``None`` into a directory holding an earlier
+            run's files is refused (unless ``overwrite``), and resuming a checkpoint trained on
+            other data or with another adapter config is refused (other changed settings, such
+            as the learning rate, only warn). See ``docs/training.md``.
+        overwrite: delete an earlier run's files in ``output_dir`` first and start afresh
+            (``frame-peft train --overwrite``). Refused when the folder holds files frame-peft
+            does not write (it may not be a run directory), and with a checkpoint path as
+            ``resume``.
         dtype: ``"float32"`` (no autocast), ``"bfloat16"`` or ``"float16"`` (autocast; float16
             also uses a gradient scaler, and is refused with FSDP).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant mode,
@@ -146,6 +154,7 @@ class TrainConfig:
     save_every: int | None = None
     keep_checkpoints: int | None = 2
     resume: str | None = "auto"
+    overwrite: bool = False
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     report_to: list[str] | str | None = None
@@ -231,6 +240,13 @@ class TrainConfig:
         self._check_report_to()
         check_policy("nonfinite", self.nonfinite)
         _positive_int("max_skipped_steps", self.max_skipped_steps)
+        if self.overwrite is not False and self.overwrite is not True:
+            raise ValueError(f"TrainConfig.overwrite must be True or False, got {self.overwrite!r}")
+        if self.overwrite and self.resume not in (None, "auto"):
+            raise ValueError(
+                f"TrainConfig: overwrite=True deletes output_dir and starts afresh, but resume="
+                f"{self.resume!r} asks to continue a checkpoint; drop one of the two"
+            )
         for name in ("gradient_checkpointing", "progress", "shuffle"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be True or False, got "

@@ -4,8 +4,9 @@ Only rank 0 logs (the Trainer builds a :class:`RunLogger` with ``enabled=False``
 
 * ``<output_dir>/log.jsonl``: one JSON object per logged step (keys in
   :data:`STEP_KEYS`, plus ``aux/<kind>`` from ``fp.aux_stats``, ``orders/{mean,std,min,max}``
-  for FRAME models and ``eval/<metric>`` when an evaluation ran at that step). On resume, records
-  after the resumed step (written by the interrupted run) are dropped first.
+  for FRAME models and ``eval/<metric>`` when an evaluation ran at that step). Only ever
+  appended to: on resume, records after the resumed step (written by the interrupted run) are
+  cut off the end of the file in place (:func:`truncate_jsonl`), never by rewriting it.
 * ``<output_dir>/orders.jsonl``: FRAME only, every logged step: ``{"step", "orders": {module:
   [a_1 … a_E]}}``, the per-layer, per-expert orders for analysis.
 * Experiment trackers (``TrainConfig.report_to``, through ``accelerate``'s tracker classes, see
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -61,17 +63,32 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Keep only the records of ``path`` with ``step <= max_step`` (resume after a crash)."""
+    """Drop the records of ``path`` after ``max_step`` (written by an interrupted run) and a torn
+    last line, in place and without rewriting the file.
+
+    Records are appended in step order, so the ones to keep are a prefix of the file: it is cut
+    at the end of that prefix with one ``truncate`` call (and fsynced), so a kill at any moment
+    leaves every earlier step in the file. Nothing is written when there is nothing to drop.
+    """
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
+    data = path.read_bytes()
+    keep = 0  # byte length of the prefix of whole records with step <= max_step
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # a torn last line from a crash
         try:
-            if json.loads(line).get("step", 0) <= max_step:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a torn last line from a crash
-    path.write_text("".join(line + "\n" for line in kept))
+            break
+        if not isinstance(record, dict) or record.get("step", 0) > max_step:
+            break
+        keep += len(line)
+    if keep < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class RunLogger:

@@ -33,13 +33,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .._files import write_json
+from .._files import replace_directory, temp_directory, write_json
 from .._version import __version__
 from ..core.inject import find_injection
 from ..optim import build_optimizer
 from ..peft_bridge import after_optimizer_step, aux_loss, is_peft_model
 from ..routing import routing_context
 from . import checkpoint as ckpt
+from . import run_identity as rid
 from .callbacks import TrainerCallback, TrainResult
 from .config import TrainConfig
 from .distributed import (
@@ -57,13 +58,6 @@ from .nonfinite import NonFiniteError, nonfinite_grad_flag
 from .order_scan import OrderScanCallback, uses_scan
 from .sampler import StepBatchSampler, pad_collate
 from .schedule import build_scheduler
-
-# Settings that may differ between a run and its resumption without a warning.
-_FREE_ON_RESUME = {
-    "resume", "progress", "tensorboard", "report_to", "output_dir", "num_workers", "log_every",
-    "eval_every", "save_every", "keep_checkpoints", "max_steps", "num_epochs", "device",
-    "distributed", "find_unused_parameters", "nonfinite", "max_skipped_steps",
-}  # fmt: skip
 
 
 @dataclass
@@ -111,6 +105,9 @@ class Trainer:
             the end, on every rank (FSDP needs all ranks in each forward), in ``model.eval()``
             and ``torch.no_grad()``; rank 0's result is logged as ``eval/<metric>``.
         callbacks: :class:`TrainerCallback` instances.
+        data_fingerprint: an exact description of the training data (e.g. a hash of its files),
+            saved with every checkpoint: resuming with another one is refused. Default: a
+            sampled hash of the dataset (``run_identity.dataset_fingerprint``).
 
     After :meth:`train`, ``trainer.optimizer`` and ``trainer.scheduler`` hold the objects used.
     """
@@ -124,6 +121,7 @@ class Trainer:
         collate_fn: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]] | None = None,
         eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         callbacks: Sequence[TrainerCallback] | None = None,
+        data_fingerprint: str | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -143,6 +141,7 @@ class Trainer:
         )
         self.eval_fn = eval_fn
         self.callbacks = list(callbacks or [])
+        self.data_fingerprint = data_fingerprint
         self.env: DistEnv | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
@@ -161,12 +160,6 @@ class Trainer:
     def _resume_path(self) -> Path | None:
         resume = self.config.resume
         if resume is None:
-            if ckpt.list_checkpoints(self.config.output_dir) and self.rank == 0:
-                warnings.warn(
-                    f"{self.config.output_dir} holds checkpoints of an earlier run; resume=None "
-                    "starts afresh, overwrites its logs and may prune those checkpoints",
-                    stacklevel=3,
-                )
             return None
         if resume == "auto":
             return ckpt.latest_checkpoint(self.config.output_dir)
@@ -200,6 +193,22 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.env.device.type, dtype=getattr(torch, self.config.dtype))
 
+    def _claim_output_dir(self, out: Path) -> None:
+        """Create ``out``, finish or undo swaps a killed run left half done, and with
+        ``overwrite=True`` delete an earlier run's files (all ranks check, rank 0 acts)."""
+        env = self.env
+        if self.config.overwrite:
+            rid.check_clearable(out)
+        if env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            for done in ckpt.recover_output_dir(out):
+                warnings.warn(f"{out}: {done}", stacklevel=3)
+            if self.config.overwrite:
+                removed = rid.clear_output_dir(out)
+                if removed:
+                    warnings.warn(f"overwrite=True: deleted {removed} in {out}", stacklevel=3)
+        env.barrier()
+
     # -- training -------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
@@ -207,11 +216,12 @@ class Trainer:
         cfg = self.config
         self.env = env = setup(cfg.distributed, cfg.device, self.model)
         out = Path(cfg.output_dir)
-        if env.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        env.barrier()
+        self._claim_output_dir(out)
         resume = self._resume_path()
         state = ckpt.read_trainer_state(resume) if resume is not None else None
+        identity = rid.run_identity(self.model, self.train_dataset, self.data_fingerprint)
+        if state is None:
+            rid.check_fresh_start(out, cfg, identity)
         ckpt.seed_everything(cfg.seed + env.rank)
 
         global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * env.world_size
@@ -233,7 +243,7 @@ class Trainer:
         self._scaler = torch.amp.GradScaler(env.device.type) if cfg.dtype == "float16" else None
         pos = _Position()
         if state is not None:
-            self._check_resume(state, global_batch, resume)
+            rid.check_resume_state(state, cfg, identity, global_batch, resume)
             pos = _Position(
                 state["step"], state["epoch"], state["step_in_epoch"], state["tokens_seen"]
             )
@@ -243,8 +253,11 @@ class Trainer:
                     "from an uninterrupted run",
                     stacklevel=2,
                 )
+        env.barrier()  # every rank has checked the directory before rank 0 writes into it
         if env.is_main:
             write_json(out / "train_config.json", cfg.to_dict(), sort_keys=True)
+            rid.write_identity(out, identity)
+        self._identity = identity
         logger = RunLogger(
             out, total, pos.step, enabled=env.is_main, progress=cfg.progress,
             report_to=cfg.report_to, config=cfg.to_dict(),
@@ -277,6 +290,8 @@ class Trainer:
         finally:
             logger.close()
         elapsed = time.perf_counter() - t_start
+        if self._last_ckpt is None and resume is not None and pos.step >= total:
+            self._last_ckpt = resume  # a finished run again: re-export its adapter
         adapter_path = self._export_final_adapter(out) if self._last_ckpt is not None else None
         result = TrainResult(
             global_step=pos.step, epoch=pos.epoch, tokens_seen=pos.tokens_seen,
@@ -459,26 +474,6 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def _check_resume(self, state: dict[str, Any], global_batch: int, path: Path) -> None:
-        if state["global_batch_size"] != global_batch:
-            raise ValueError(
-                f"cannot resume {path}: it was trained with a global batch of "
-                f"{state['global_batch_size']} sequences, this run has {global_batch} "
-                "(per_device_batch_size x gradient_accumulation_steps x world size), so the data "
-                "position would not match"
-            )
-        saved = state.get("config", {})
-        changed = sorted(
-            k for k, v in self.config.to_dict().items()
-            if k in saved and saved[k] != v and k not in _FREE_ON_RESUME
-        )  # fmt: skip
-        if changed:
-            warnings.warn(
-                f"resuming {path} with changed settings {changed}; the run will not match an "
-                "uninterrupted one",
-                stacklevel=3,
-            )
-
     def _save(self, pos: _Position) -> None:
         env, out = self.env, Path(self.config.output_dir)
         state = {
@@ -487,6 +482,7 @@ class Trainer:
             "seed": self.config.seed, "world_size": env.world_size, "distributed": env.mode,
             "kind": "peft" if is_peft_model(self._wrapped) else "frame_peft",
             "library_version": __version__, "config": self.config.to_dict(),
+            "identity": self._identity,
         }  # fmt: skip
         path = ckpt.save_checkpoint(
             out, self._wrapped, self.optimizer, self.scheduler, self._scaler, env, state
@@ -498,13 +494,15 @@ class Trainer:
             cb.on_save(self, pos.step, path)
 
     def _export_final_adapter(self, out: Path) -> Path:
-        """Copy the last checkpoint's adapter to ``<output_dir>/adapter`` (atomically)."""
+        """Copy the last checkpoint's adapter to ``<output_dir>/adapter``: written aside, then
+        swapped in (:func:`frame_peft._files.replace_directory`), so a kill leaves a version
+        that the next ``train()`` puts back, and then replaces with this one."""
         final = out / ckpt.ADAPTER_DIR
         if self.env.is_main:
-            tmp = out / (ckpt.ADAPTER_DIR + ".tmp")
+            tmp = temp_directory(final)
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(self._last_ckpt / ckpt.ADAPTER_DIR, tmp)
-            ckpt.commit_dir(tmp, final)
+            replace_directory(tmp, final)
         self.env.barrier()
         return final
 

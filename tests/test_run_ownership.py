@@ -118,3 +118,29 @@ def test_dataset_fingerprint_sees_size_and_content():
     assert a != dataset_fingerprint(RandomTokens(17))
     assert a != dataset_fingerprint(RandomTokens(16, seed=1))
     assert dataset_fingerprint(RandomTokens(200)) != dataset_fingerprint(RandomTokens(200, seed=3))
+
+
+def test_train_recipe_refuses_another_recipes_data_and_keeps_its_files(tmp_path, capsys):
+    import yaml
+
+    from _runs import tiny_recipe
+    from frame_peft.cli import main
+    from frame_peft.pipeline import train_recipe
+    from frame_peft.recipes import load_recipe
+    from frame_peft.run_dir import load_run
+
+    recipe_file = tiny_recipe(tmp_path / "r", max_steps=2)
+    out = tmp_path / "run"
+    train_recipe(load_recipe(recipe_file), output_dir=out, evaluate_after=False)
+    recipe_before = (out / "recipe.yaml").read_text()
+    args = ["train", str(recipe_file), "--output-dir", str(out), "--no-eval"]
+    assert main([*args, "--set", "data.split_seed=1"]) == 2
+    assert "other data" in capsys.readouterr().err
+    assert (out / "recipe.yaml").read_text() == recipe_before  # not the new recipe beside it
+    # a finished run whose adapter swap was interrupted still loads (the old version)
+    (out / "adapter").rename(out / "adapter.old")
+    info, *_ = load_run(out)
+    assert info["method"] == "frame"
+    assert main([*args, "--set", "data.split_seed=1", "--overwrite"]) == 0
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["data"]["split_seed"] == 1
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("adapter")) == ["adapter"]

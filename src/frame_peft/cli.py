@@ -38,10 +38,18 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .pipeline import train_recipe
     from .recipes import load_recipe
+    from .training.run_identity import RunDirError
 
     overrides = [*args.overrides, *([f"method={args.method}"] if args.method else [])]
     recipe = load_recipe(args.recipe, overrides)
-    train_recipe(recipe, output_dir=args.output_dir, evaluate_after=not args.no_eval)
+    try:
+        train_recipe(
+            recipe, output_dir=args.output_dir, evaluate_after=not args.no_eval,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    except RunDirError as err:  # another run's directory: say what to do, no traceback
+        print(f"frame-peft: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -155,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--method", help=f"train this method instead of the recipe's ({methods})")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier run in the output directory first and start afresh (refused if "
+        "the folder holds files frame-peft did not write); without it, train resumes its own "
+        "run and refuses another recipe's data or adapter",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser(

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ._files import write_json
+from ._files import atomic_write_bytes, readable_directory, write_json
 from .recipes.data_prep import PreparedData, prepare_data
 from .recipes.model_prep import load_trained
 from .recipes.schema import Recipe, load_recipe
@@ -61,7 +61,8 @@ def write_recipe(recipe: Recipe, run_dir: Path) -> None:
     """``recipe.yaml``: the resolved recipe, keys in the recipe's order."""
     import yaml
 
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    atomic_write_bytes(run_dir / "recipe.yaml", text.encode())
 
 
 def write_data_json(run_dir: Path, data: PreparedData) -> None:
@@ -104,7 +105,9 @@ def _not_a_run(folder: Path) -> str | None:
     present = sorted(p.name for p in folder.iterdir())
     if not present:
         return f"{folder} is empty; expected {_EXPECTED}, or pass a recipe (name or YAML file)"
-    missing = [n for n in ("run.json", "recipe.yaml", "adapter") if not (folder / n).exists()]
+    missing = [n for n in ("run.json", "recipe.yaml") if not (folder / n).exists()]
+    if not readable_directory(folder / "adapter").exists():  # also mid-swap: a version is there
+        missing.append("adapter")
     if not missing:
         return None
     if "run.json" in missing and "recipe.yaml" not in missing:
@@ -177,7 +180,8 @@ def load_run(
     run_dir = require_run_dir(run_dir)
     info = read_run_info(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml", overrides)
-    model, tokenizer = load_trained(recipe, info["method"], run_dir / "adapter")
+    # while an adapter swap is interrupted, the whole version left on disk (never half of one)
+    model, tokenizer = load_trained(recipe, info["method"], readable_directory(run_dir / "adapter"))
     data = prepare_data(recipe)
     check_same_split(run_dir, data)
     return info, recipe, model, tokenizer, data

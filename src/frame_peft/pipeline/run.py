@@ -6,6 +6,8 @@ Each writes run directories; their layout, and how a run is reloaded, is
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -29,6 +31,7 @@ from ..run_dir import (
     write_recipe,
     write_run_json,
 )
+from ..training.callbacks import TrainerCallback
 
 __all__ = ["compare_recipe", "evaluate_target", "train_recipe"]
 
@@ -71,6 +74,31 @@ def _world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+class _WriteRecipe(TrainerCallback):
+    """Writes ``recipe.yaml`` and ``data.json`` once the Trainer has checked the run directory
+    (a refused run must not leave the new recipe beside the old run's adapter)."""
+
+    def __init__(self, recipe: Recipe, data: PreparedData) -> None:
+        self.recipe, self.data = recipe, data
+
+    def on_train_begin(self, trainer, total_steps: int, start_step: int) -> None:
+        run_dir = Path(trainer.config.output_dir)
+        write_recipe(self.recipe, run_dir)
+        write_data_json(run_dir, self.data)
+
+
+def _data_fingerprint(recipe: Recipe, data: PreparedData, dataset) -> str:
+    """sha256 over the recipe's data section, the split records and the tokenised items (a
+    sample): what the run was trained on, checked when it is resumed."""
+    from ..training.run_identity import dataset_fingerprint
+
+    described = json.dumps(
+        {"data": recipe.to_dict().get("data"), "records": data.records}, sort_keys=True,
+        default=str,
+    )  # fmt: skip
+    return hashlib.sha256((described + dataset_fingerprint(dataset)).encode()).hexdigest()
+
+
 def train_recipe(
     recipe: Recipe,
     *,
@@ -78,8 +106,13 @@ def train_recipe(
     output_dir: str | Path | None = None,
     evaluate_after: bool = True,
     data: PreparedData | None = None,
+    overwrite: bool = False,
 ):
     """Train ``method`` (default: the recipe's) and, unless told not to, evaluate it.
+
+    The run directory belongs to one run: the Trainer checks it (resuming another recipe's data
+    or adapter is refused; ``overwrite=True`` deletes an earlier run first) before
+    ``recipe.yaml`` and ``data.json`` are written, so a refused run leaves them untouched.
 
     Under ``torchrun`` every rank trains; rank 0 then reloads the saved adapter on a fresh base
     model and evaluates (so FSDP-sharded weights never need gathering for generation). Returns
@@ -95,10 +128,8 @@ def train_recipe(
     run_dir = Path(output_dir or recipe.run_root() / method)
     data = data or prepare_data(recipe)
     config = recipe.train_config(output_dir=str(run_dir))
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_recipe(recipe, run_dir)
-        write_data_json(run_dir, data)
+    if overwrite:
+        config = dataclasses.replace(config, overwrite=True)  # validated again
     model, tokenizer = load_base(recipe)
     vocab = TaskVocabulary(sorted({*data.train, *data.eval}))
     dataset = MultiTaskMixture(
@@ -126,8 +157,10 @@ def train_recipe(
             return {**res.primary(), "overall": res.overall or 0.0}
 
     trainer = Trainer(
-        model, dataset, config, collate_fn=PadCollator(tokenizer.pad_token_id), eval_fn=eval_fn
-    )
+        model, dataset, config, collate_fn=PadCollator(tokenizer.pad_token_id), eval_fn=eval_fn,
+        callbacks=[_WriteRecipe(recipe, data)] if rank == 0 else [],
+        data_fingerprint=_data_fingerprint(recipe, data, dataset),
+    )  # fmt: skip
     result = trainer.train()
     train_seconds = time.perf_counter() - start
     if rank != 0:

@@ -38,6 +38,12 @@ from .config import TrainConfig
 
 IDENTITY_NAME = "run_identity.json"
 
+
+class RunDirError(ValueError):
+    """The output directory holds another run (or files that are not a run's): the message names
+    what differs and what to do (``overwrite=True`` / ``--overwrite``, or another directory)."""
+
+
 # Settings that may differ between a run and its resumption without a warning.
 FREE_ON_RESUME = {
     "resume", "progress", "tensorboard", "report_to", "output_dir", "num_workers", "log_every",
@@ -127,7 +133,7 @@ def check_identity(saved: dict[str, Any] | None, current: dict[str, Any], where:
         return
     out = where.parent if where.name.startswith("checkpoint-") else where
     if saved.get("data") != current["data"]:
-        raise ValueError(
+        raise RunDirError(
             f"{where} was trained on other data (fingerprint {str(saved.get('data'))[:12]}..., "
             f"this run's data {current['data'][:12]}...): resuming would mix two runs; "
             + _what_to_do(out)
@@ -136,7 +142,7 @@ def check_identity(saved: dict[str, Any] | None, current: dict[str, Any], where:
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-        raise ValueError(
+        raise RunDirError(
             f"{where} was trained with another adapter config ({diffs}): resuming would load "
             "weights of another model; " + _what_to_do(out)
         )
@@ -150,7 +156,7 @@ def check_resume_state(
     changed settings (learning rate, schedule, ...): the run then differs from an
     uninterrupted one but is still one run."""
     if state["global_batch_size"] != global_batch:
-        raise ValueError(
+        raise RunDirError(
             f"cannot resume {path}: it was trained with a global batch of "
             f"{state['global_batch_size']} sequences, this run has {global_batch} "
             "(per_device_batch_size x gradient_accumulation_steps x world size), so the data "
@@ -184,7 +190,7 @@ def check_clearable(out: Path) -> None:
         return
     foreign = sorted(p.name for p in out.iterdir() if not _library_written(p.name))
     if foreign:
-        raise ValueError(
+        raise RunDirError(
             f"overwrite=True would delete {out}, but it holds files frame-peft did not write "
             f"({foreign[:8]}{' ...' if len(foreign) > 8 else ''}); it may not be a run "
             "directory. Remove them yourself or choose another output_dir"
@@ -220,7 +226,7 @@ def check_fresh_start(out: Path, config: TrainConfig, identity: dict[str, Any]) 
     if not present:
         return
     if config.resume is None:
-        raise ValueError(
+        raise RunDirError(
             f"{out} holds files of an earlier run ({present[:6]}"
             f"{' ...' if len(present) > 6 else ''}) and resume=None starts afresh: pass "
             "resume='auto' to continue that run, or " + _what_to_do(out)
@@ -229,7 +235,7 @@ def check_fresh_start(out: Path, config: TrainConfig, identity: dict[str, Any]) 
     if saved_path.is_file():
         check_identity(json.loads(saved_path.read_text()), identity, out)
     if (out / ADAPTER_DIR).exists() and not list_checkpoints(out):
-        raise ValueError(
+        raise RunDirError(
             f"{out} holds a finished run's adapter/ but no checkpoint to resume from; starting "
             "afresh would replace it: " + _what_to_do(out)
         )
@@ -245,6 +251,7 @@ def write_identity(out: Path, identity: dict[str, Any]) -> None:
 __all__ = [
     "FREE_ON_RESUME",
     "IDENTITY_NAME",
+    "RunDirError",
     "adapter_identity",
     "check_clearable",
     "check_fresh_start",

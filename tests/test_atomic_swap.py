@@ -182,3 +182,31 @@ def test_a_kill_while_resuming_keeps_the_earlier_log_records(tmp_path):
 
     RunLogger(out, 10, initial_step=3, progress=False, report_to=[]).close()
     assert (out / "log.jsonl").read_text() == "\n".join(lines[:3]) + "\n"
+
+
+PRUNE_KILLED = """
+    import os, shutil
+    from pathlib import Path
+    _rmtree = shutil.rmtree
+    def rmtree_killed(path, *a, **k):  # killed half way through deleting checkpoint-1
+        if Path(path).name in ("checkpoint-1", "checkpoint-1.deleted"):
+            (Path(path) / "optimizer.pt").unlink()
+            os._exit(137)
+        return _rmtree(path, *a, **k)
+    shutil.rmtree = rmtree_killed
+"""
+
+
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path):
+    from frame_peft.training import list_checkpoints
+
+    out = tmp_path / "run"
+    assert run_killed(PRUNE_KILLED + TRAIN.format(out=str(out), steps=3)) == 137
+    # checkpoint-1 was being pruned after checkpoint-3 was written: it is not listed as complete
+    assert [step for step, _ in list_checkpoints(out)] == [2, 3]
+    with pytest.warns(UserWarning, match="pruned checkpoint"):
+        result = Trainer(build(), RandomTokens(16), run_config(out, max_steps=3)).train()
+    assert result.resumed_from == out / "checkpoint-3"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-2", "checkpoint-3",
+    ]  # fmt: skip

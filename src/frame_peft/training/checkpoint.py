@@ -51,6 +51,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_NAME = "trainer_state.json"
 ADAPTER_DIR = "adapter"
 PEFT_STATE_NAME = "peft_state.safetensors"
+DELETED_SUFFIX = ".deleted"  # a pruned checkpoint being removed
 
 
 def rng_state() -> dict[str, Any]:
@@ -96,7 +97,12 @@ def recover_output_dir(output_dir: str | os.PathLike) -> list[str]:
     """Finish or undo the directory swaps (``adapter/``, ``checkpoint-<step>/``) that a killed
     run left half done in ``output_dir``; incomplete ``*.tmp`` folders are deleted. Returns
     what was done. Rank 0 calls it once at the start of ``train()``, before anything reads."""
-    return recover_directories(output_dir, _owned)
+    done = recover_directories(output_dir, _owned)
+    root = Path(output_dir)
+    for trash in sorted(root.glob(f"checkpoint-*{DELETED_SUFFIX}")) if root.is_dir() else []:
+        shutil.rmtree(trash, ignore_errors=True)
+        done.append(f"removed {trash.name} (a pruned checkpoint)")
+    return done
 
 
 # -- adapter weights -----------------------------------------------------------------------------
@@ -218,11 +224,18 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int | None) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (and stale ``*.tmp``); return the deleted."""
+    """Delete all but the newest ``keep`` checkpoints; return the deleted.
+
+    Each is first renamed to ``checkpoint-<step>.deleted`` (one rename), then removed: a kill
+    mid-delete never leaves a half-deleted folder under a checkpoint's name for ``resume`` to
+    pick; :func:`recover_output_dir` removes such leftovers.
+    """
     removed = []
     if keep is not None:
         for _, path in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(path, ignore_errors=True)
+            trash = path.with_name(path.name + DELETED_SUFFIX)
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
             removed.append(path)
     return removed
 

@@ -57,7 +57,7 @@ _RUN_FILES = {
     "tensorboard", "recipe.yaml", "data.json", "run.json", "eval.json", "eval.md",
     "lm_eval.json", "analysis",
 }  # fmt: skip
-_SWAP_RE = re.compile(r"^(checkpoint-\d+|adapter)(\.tmp|\.old)?$")
+_SWAP_RE = re.compile(r"^(checkpoint-\d+(\.deleted)?|adapter)(\.tmp|\.old)?$")
 _ATOMIC_TEMP_RE = re.compile(r"^\.(.+)\.[^.]+$")  # atomic_write_bytes' temp files: .<name>.<rand>
 
 

@@ -144,3 +144,17 @@ def test_train_recipe_refuses_another_recipes_data_and_keeps_its_files(tmp_path,
     assert main([*args, "--set", "data.split_seed=1", "--overwrite"]) == 0
     assert yaml.safe_load((out / "recipe.yaml").read_text())["data"]["split_seed"] == 1
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("adapter")) == ["adapter"]
+
+
+def test_resume_of_a_peft_baseline_with_another_lora_alpha_is_an_error(tmp_path):
+    def peft(alpha):
+        torch.manual_seed(0)
+        return fp.peft_baseline(tiny_llama(), "lora", r=4, lora_alpha=alpha,
+                                target_modules=["q_proj", "v_proj"])  # fmt: skip
+
+    out = tmp_path / "run"
+    Trainer(peft(8), RandomTokens(16), run_config(out)).train()
+    with pytest.raises(ValueError, match=r"another adapter config \(lora_alpha: 8 -> 16\)"):
+        Trainer(peft(16), RandomTokens(16), run_config(out, max_steps=3)).train()
+    result = Trainer(peft(8), RandomTokens(16), run_config(out, max_steps=3)).train()
+    assert result.resumed_from == out / "checkpoint-2" and result.global_step == 3

@@ -57,6 +57,12 @@ _RUN_FILES = {
     "tensorboard", "recipe.yaml", "data.json", "run.json", "eval.json", "eval.md",
     "lm_eval.json", "analysis",
 }  # fmt: skip
+# PEFT config fields that do not define the adapter's maths: where the base model was loaded
+# from, PEFT's own mode flag and version, and AdaLoRA's total_step (the run length, which may
+# grow on resume).
+_PEFT_NOT_IDENTITY = {
+    "base_model_name_or_path", "revision", "inference_mode", "total_step", "peft_version",
+}  # fmt: skip
 _SWAP_RE = re.compile(r"^(checkpoint-\d+(\.deleted)?|adapter)(\.tmp|\.old)?$")
 _ATOMIC_TEMP_RE = re.compile(r"^\.(.+)\.[^.]+$")  # atomic_write_bytes' temp files: .<name>.<rand>
 
@@ -109,7 +115,8 @@ def adapter_identity(model: nn.Module) -> dict[str, Any]:
         return _plain(inj.config.to_dict())
     if is_peft_model(model):
         cfg = model.peft_config[getattr(model, "active_adapter", "default")]
-        return _plain({"method": f"peft:{cfg.peft_type}", **cfg.to_dict()})
+        fields = {k: v for k, v in cfg.to_dict().items() if k not in _PEFT_NOT_IDENTITY}
+        return _plain({"method": f"peft:{cfg.peft_type}", **fields})
     return {}
 
 

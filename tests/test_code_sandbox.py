@@ -1,4 +1,6 @@
-"""Code sandbox: statuses, time/memory limits, network block, temp folder, no leftover processes."""
+"""Code sandbox: statuses, time/memory limits, network block, temp folder, no leftover processes.
+
+Attacks on the verdict and on the machine are in tests/test_sandbox_attacks.py."""
 
 from __future__ import annotations
 
@@ -39,6 +41,13 @@ HE_TESTS = (
 )
 
 
+def run(program: str, network: str, **kwargs):
+    """run_code_tests, opting in to guard mode where the test asks for it."""
+    return run_code_tests(
+        program, network=network, allow_unsafe_code_execution=network == "guard", **kwargs
+    )
+
+
 def _processes_with(token: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -55,30 +64,30 @@ def _processes_with(token: str) -> list[int]:
 def test_pass_fail_syntax_error_and_exit(network):
     ok = humaneval_program(HE_PROMPT, "    return a + b\n", HE_TESTS, "add")
     bad = humaneval_program(HE_PROMPT, "    return a - b\n", HE_TESTS, "add")
-    r = run_code_tests(ok, timeout=5, network=network)
+    r = run(ok, network, timeout=5)
     assert (r.passed, r.status) == (True, "passed") and r.seconds < 5
-    r = run_code_tests(bad, timeout=5, network=network)
+    r = run(bad, network, timeout=5)
     assert (r.passed, r.status) == (False, "failed") and "AssertionError" in r.stderr
-    r = run_code_tests("def f(:\n    pass\n", timeout=5, network=network)
+    r = run("def f(:\n    pass\n", network, timeout=5)
     assert r.status == "error" and "SyntaxError" in r.stderr
-    r = run_code_tests("raise KeyError('k')\n", timeout=5, network=network)
+    r = run("raise KeyError('k')\n", network, timeout=5)
     assert r.status == "error" and "KeyError" in r.stderr
-    r = run_code_tests("import sys\nsys.exit(0)\n", timeout=5, network=network)
+    r = run("import sys\nsys.exit(0)\n", network, timeout=5)
     assert r.status == "error" and "exit(0)" in r.stderr  # exiting early is not passing
-    r = run_code_tests("import os\nos._exit(0)\n", timeout=5, network=network)
+    r = run("import os\nos._exit(0)\n", network, timeout=5)
     assert r.status == "error"
 
 
 @pytest.mark.parametrize("network", NETWORK_MODES)
 def test_infinite_loop_is_killed_near_the_timeout_with_its_children(network):
     token = uuid.uuid4().hex
-    program = (
-        "import subprocess, sys\n"
+    spawn = (  # guard mode refuses new processes
         f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # {token}'])\n"
-        "while True:\n    pass\n"
     )
+    program = "import subprocess, sys\n" + (spawn if network == "namespace" else "")
+    program += "while True:\n    pass\n"
     start = time.monotonic()
-    r = run_code_tests(program, timeout=1.0, network=network)
+    r = run(program, network, timeout=1.0, max_processes=2)
     elapsed = time.monotonic() - start
     assert r.status == "timeout" and not r.passed
     assert 1.0 <= r.seconds < 2.5 and elapsed < 4.0
@@ -86,26 +95,37 @@ def test_infinite_loop_is_killed_near_the_timeout_with_its_children(network):
     assert _processes_with(token) == []
 
 
-@pytest.mark.parametrize("network", NETWORK_MODES)
-def test_background_children_die_after_a_normal_exit(network):
+@pytest.mark.skipif(not namespace_available(), reason="`unshare -rnpf` is not permitted here")
+def test_background_children_die_after_a_normal_exit():
     token = uuid.uuid4().hex
     program = (
         "import subprocess, sys\n"
         f"cmd = [sys.executable, '-c', 'import time; time.sleep(60)  # {token}']\n"
         "subprocess.Popen(cmd)\n"
-        + ("subprocess.Popen(cmd, start_new_session=True)\n" if network == "namespace" else "")
+        "subprocess.Popen(cmd, start_new_session=True)\n"
     )
-    r = run_code_tests(program, timeout=5, network=network)
-    assert r.status == "passed"
+    r = run_code_tests(program, network="namespace", timeout=5, max_processes=3)
+    assert r.status == "passed", r.stderr
     time.sleep(0.05)
     assert _processes_with(token) == []  # with the namespace even a setsid() child is gone
 
 
 @pytest.mark.parametrize("network", NETWORK_MODES)
+def test_new_processes_and_threads_are_refused_by_default(network):
+    program = "import subprocess\nsubprocess.run(['true'])\n"
+    r = run(program, network, timeout=5)
+    assert r.status == "error" and "starting a process (subprocess.Popen" in r.stderr
+    r = run("import os\nos.system('true')\n", network, timeout=5)
+    assert r.status == "error" and "os.system" in r.stderr
+    r = run("import threading\nthreading.Thread(target=print).start()\n", network, timeout=5)
+    assert r.status == "error" and "threads are not allowed" in r.stderr
+
+
+@pytest.mark.parametrize("network", NETWORK_MODES)
 def test_memory_hog_is_stopped(network):
-    r = run_code_tests("x = bytearray(2 * 1024**3)\n", timeout=5, memory_mb=256, network=network)
+    r = run("x = bytearray(2 * 1024**3)\n", network, timeout=5, memory_mb=256)
     assert r.status == "memory" and not r.passed and r.seconds < 4
-    r = run_code_tests("x = [0] * (10**9)\n", timeout=5, memory_mb=256, network=network)
+    r = run("x = [0] * (10**9)\n", network, timeout=5, memory_mb=256)
     assert r.status == "memory"
 
 
@@ -122,7 +142,7 @@ def test_socket_attempt_fails_and_reaches_nobody(network):
         "s.sendall(b'leak')\n"
     )
     try:
-        r = run_code_tests(program, timeout=5, network=network)
+        r = run(program, network, timeout=5)
         assert r.status == "error" and "OSError" in r.stderr
         with pytest.raises(TimeoutError):
             server.accept()  # nothing connected to the test's own listener
@@ -130,7 +150,7 @@ def test_socket_attempt_fails_and_reaches_nobody(network):
         server.close()
     if network == "guard":
         assert "network access is disabled" in r.stderr
-        r = run_code_tests("import socket\nsocket.socket()\n", timeout=5, network=network)
+        r = run("import socket\nsocket.socket()\n", network, timeout=5)
         assert r.status == "error"
 
 
@@ -207,6 +227,10 @@ def test_bad_arguments_are_refused():
         run_code_tests("pass\n", network="firewall")
     with pytest.raises(ValueError, match="workers"):
         run_many(["pass\n"], workers=0)
+    with pytest.raises(ValueError, match="max_processes must be"):
+        run_code_tests("pass\n", max_processes=0)
+    with pytest.raises(ValueError, match="raise memory_mb or lower max_processes"):
+        run_code_tests("pass\n", memory_mb=64, max_processes=4)
 
 
 @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0.0, -1.0])

@@ -17,7 +17,16 @@ import warnings
 
 import pytest
 
-from frame_peft.evaluation import namespace_available, run_code_tests, run_many
+from _tokenizer import char_tokenizer, tiny_text_llama
+from frame_peft.data.types import Example
+from frame_peft.evaluation import (
+    code_sandbox,
+    evaluate,
+    namespace_available,
+    run_code_tests,
+    run_many,
+)
+from frame_peft.recipes.schema import EvalSpec, RecipeError
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -417,3 +426,29 @@ def test_guard_mode_is_refused_unless_opted_in():
     with pytest.warns(UserWarning, match="NOT isolated"):
         r = run_code_tests("assert True\n", network="guard", allow_unsafe_code_execution=True)
     assert r.passed
+
+
+def test_evaluate_refuses_code_tasks_without_namespaces_unless_opted_in(monkeypatch):
+    code = [
+        Example(
+            task="toy_code",
+            uid=str(i),
+            prompt="def add(a, b):\n    return a + b\n# ",  # the completion stays in a comment
+            tests=f"assert add(1, 2) == {3 + i}\n",
+            entry_point="add",
+            meta={"stop": "\n"},
+        )
+        for i in range(2)
+    ]
+    model, tok = tiny_text_llama(seed=4), char_tokenizer()
+    kwargs = {"max_new_tokens": 4, "code_timeout": 5, "progress": False}
+    monkeypatch.setattr(code_sandbox, "namespace_available", lambda: False)  # a machine without
+    with pytest.raises(RuntimeError, match="allow_unsafe_code_execution=True"):
+        evaluate(model, tok, {"toy_code": code}, **kwargs)
+    with pytest.warns(UserWarning, match="NOT isolated"):
+        res = evaluate(model, tok, {"toy_code": code}, allow_unsafe_code_execution=True, **kwargs)
+    assert [p["status"] for p in res.predictions["toy_code"]] == ["passed", "failed"]
+    assert res.metadata["settings"]["allow_unsafe_code_execution"] is True
+    assert EvalSpec(allow_unsafe_code_execution=True).allow_unsafe_code_execution
+    with pytest.raises(RecipeError, match=r"eval\.allow_unsafe_code_execution"):
+        EvalSpec(allow_unsafe_code_execution="yes")

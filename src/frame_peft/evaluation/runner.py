@@ -145,6 +145,7 @@ def _score_code(model, tokenizer, examples, *, settings, progress, task):
         programs,
         workers=settings["code_workers"],
         timeout=settings["code_timeout"],
+        allow_unsafe_code_execution=settings["allow_unsafe_code_execution"],
         progress=progress,
         desc=f"{task} (tests)",
     )
@@ -193,6 +194,7 @@ def evaluate(
     math_checker: str = "auto",
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    allow_unsafe_code_execution: bool = False,
 ) -> EvalResults:
     """Score ``model`` on every task of ``examples`` (``{task name: examples}``).
 
@@ -204,6 +206,10 @@ def evaluate(
     ``math_checker`` (``"auto"``, ``"math_verify"``, ``"normalized"``) decides how math answers
     are compared (:mod:`frame_peft.evaluation.math_verify_check`); ``metadata["math_checkers"]``
     records the checker each math task was scored with.
+
+    Code runs in :mod:`frame_peft.evaluation.code_sandbox`; where its namespace mode is not
+    available, a code task raises unless ``allow_unsafe_code_execution=True`` (guard mode, not
+    isolated from this machine; ``settings`` records the choice).
     """
     if not examples:
         raise ValueError("evaluate needs at least one task")
@@ -216,6 +222,7 @@ def evaluate(
         "code_workers": code_workers,
         "chat": chat,
         "math_checker": math_checker,
+        "allow_unsafe_code_execution": bool(allow_unsafe_code_execution),
     }
     checkers: dict[str, str] = {}
     results = EvalResults()

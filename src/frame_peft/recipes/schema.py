@@ -154,6 +154,8 @@ class EvalSpec:
     max_new_tokens: int = 256
     code_timeout: float = 10.0
     chat: bool = False
+    # Run generated code without namespaces (guard mode): not isolated from this machine.
+    allow_unsafe_code_execution: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -168,6 +170,11 @@ class EvalSpec:
             raise RecipeError(
                 f"eval.code_timeout must be a finite number of seconds > 0, got "
                 f"{self.code_timeout!r}"
+            )
+        if not isinstance(self.allow_unsafe_code_execution, bool):
+            raise RecipeError(
+                "eval.allow_unsafe_code_execution must be true or false, got "
+                f"{self.allow_unsafe_code_execution!r}"
             )
 
 

@@ -199,10 +199,12 @@ def test_saved_files_and_config(tmp_path):
     model, _ = build("llama", "frame")
     out = fp.save_adapter(model, tmp_path / "ad")
     meta = json.loads((out / "adapter_config.json").read_text())
-    assert meta["method"] == "frame" and meta["format_version"] == 1
-    assert len(meta["frame_peft"]["weights_sha256"]) == 64
+    assert meta["peft_type"] == "FRAME_PEFT" and meta["frame_peft"]["format_version"] == 2
+    block = meta["frame_peft"]
+    assert block["config"]["method"] == "frame"
+    assert len(block["weights_sha256"]) == 64 and len(block["config_sha256"]) == 64
     assert (out / "adapter_model.safetensors").is_file()
-    cfg = fp.config_from_dict({k: v for k, v in meta.items() if k != "frame_peft"})
+    cfg = fp.config_from_dict(block["config"])
     assert cfg == CONFIGS["frame"]("all-linear")
 
 

@@ -81,9 +81,7 @@ def check_against_single_process(out: Path, single) -> None:
         # The adapter written during the distributed run equals a single-process save.
         meta, saved = read_adapter(out / method / "run" / "adapter")
         single_meta, single_saved = read_adapter(single_dir)
-        for m in (meta, single_meta):
-            m["frame_peft"].pop("weights_sha256")
-        assert meta == single_meta
+        assert meta == single_meta  # the adapter configs (hashes of the weights checked inside)
         for key in single_saved:
             assert torch.equal(saved[key], rank0[key]), f"{method} {key}: file != memory"
             torch.testing.assert_close(saved[key], single_saved[key], rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ downloads.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -66,8 +67,9 @@ def test_every_python_block_of_the_page_is_marked_runnable():
     fences = re.findall(r"^```python$", text, re.MULTILINE)
     assert len(fences) == len(snippets())
     assert set(snippets()) == {
-        "setup", "hf_trainer", "trl_sft", "own_loop", "own_loop_manual_aux", "train_py",
-        "lm_eval", "export_peft", "serve_in_process", "save_adapter_callback",
+        "setup", "peft_api", "peft_hf_trainer", "hf_trainer", "trl_sft", "own_loop",
+        "own_loop_manual_aux", "train_py", "lm_eval", "export_peft", "serve_in_process",
+        "save_adapter_callback",
     }  # fmt: skip
 
 
@@ -76,6 +78,35 @@ def test_setup_collator_masks_padding(tmp_path):
     batch = ns["collate"](TEXTS[1:3])
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     assert (batch["attention_mask"] == 0).any()
+
+
+def test_peft_api(tmp_path):
+    ns = run("peft_api", tmp_path)
+    model = ns["model"]
+    assert type(model).__name__ == "PeftModelForCausalLM" and ns["opt"].steps_taken == 4
+    assert max(int(s["step"]) for s in ns["opt"].order.state.values()) == 4  # orders stepped
+    meta = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert meta["peft_type"] == "FRAME_PEFT"
+    ref = logits(model, ns)
+    for other in (ns["again"], ns["plain"], ns["native"]):
+        torch.testing.assert_close(logits(other, ns), ref, rtol=0, atol=0)
+    base = ns["load_base"]().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ns["base_out"].logits, base(**ns["collate"](TEXTS[:1])).logits)
+    assert fp.named_adapters(model) == ["default", "math"]
+
+
+def test_peft_hf_trainer_checkpoints_are_adapters(tmp_path):
+    ns = run("peft_hf_trainer", tmp_path)
+    ckpt = tmp_path / "peft_hf" / "checkpoint-2"
+    assert (ckpt / "adapter_config.json").is_file() and (
+        ckpt / "adapter_model.safetensors"
+    ).is_file()
+    assert not (ckpt / "model.safetensors").exists()
+    assert ns["opt"].steps_taken == 2
+    torch.testing.assert_close(logits(ns["reloaded"], ns), logits(ns["model"], ns), rtol=0, atol=0)
+    history = [r for r in ns["trainer"].state.log_history if "loss" in r]
+    assert len(history) == 2  # outputs.loss = CE + aux (tests/test_peft_method.py checks the sum)
 
 
 def test_hf_trainer(tmp_path):

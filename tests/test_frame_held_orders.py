@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import frame_peft as fp
+from _format1 import save_format1
 from _models import MODELS, TARGETS, batch, param_grads, single_linear
 
 
@@ -129,25 +130,14 @@ def test_grouped_forward_with_held_experts_equals_the_per_layer_path():
 
 
 def test_pins_are_saved_and_old_adapters_without_them_still_load(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     model, _ = _layer_model()
     fp.save_adapter(model, tmp_path / "new")
     loaded = fp.load_adapter(single_linear(32, 16), tmp_path / "new")
     assert fp.adapted_layers(loaded)["0"].adapter.order_pins.tolist() == PINS
 
     # an adapter written before the order scan existed has no order_pins tensor
-    old = tmp_path / "old"
-    fp.save_adapter(model, old)
-    tensors = {k: v for k, v in load_file(old / "adapter_model.safetensors").items()
-               if not k.endswith("order_pins")}  # fmt: skip
-    save_file(tensors, old / "adapter_model.safetensors")
-    meta = (old / "adapter_config.json").read_text()
-    import json
-
-    cfg = json.loads(meta)
-    cfg["frame_peft"].pop("weights_sha256")
-    (old / "adapter_config.json").write_text(json.dumps(cfg))
-    restored = fp.adapted_layers(fp.load_adapter(single_linear(32, 16), old))["0"].adapter
+    old = save_format1(model, tmp_path / "old", drop=("order_pins",))
+    with pytest.warns(FutureWarning, match="format 1"):
+        restored = fp.adapted_layers(fp.load_adapter(single_linear(32, 16), old))["0"].adapter
     assert restored.order_pins.tolist() == [-1.0] * 6
     assert restored.spatial_experts() == ()

@@ -26,7 +26,8 @@ LAYERS = {
     "routing": 2,
     "core": 3,
     "methods": 4,
-    "optim": 5, "peft_bridge": 5, "accounting": 5, ROOT: 5,  # adapter tools, the public API
+    "optim": 5, "peft_bridge": 5, "peft_method": 5, "_peft_hook": 5, "accounting": 5,
+    ROOT: 5,  # adapter tools (PEFT registration included), the public API
     "data": 6, "assets": 6, "evaluation": 6,
     "training": 7,
     "run_dir": 8, "recipes": 8,  # the run-directory format; recipes and what they build

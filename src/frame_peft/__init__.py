@@ -12,10 +12,11 @@ loss = out.loss
 
 from __future__ import annotations
 
-from . import accounting, peft_bridge, transforms
+from . import _peft_hook, accounting, peft_bridge, transforms
 from ._version import __version__
 from .accounting import parameter_table
 from .core.adapter import AdaptedLinear, Adapter, LayerContext, NotMergeableError, build_adapter
+from .core.adapter_format import AdapterIntegrityError
 from .core.config import (
     AdapterConfig,
     RoutingConfig,
@@ -36,6 +37,7 @@ from .core.inject import (
     unload,
 )
 from .core.merge import merge_and_unload
+from .core.named import add_named_adapter, named_adapters, set_active_adapter
 from .core.serialization import adapter_state_dict, load_adapter, save_adapter
 from .methods import (
     FlyLoRAConfig,
@@ -52,10 +54,22 @@ from .optim import AdapterOptimizer, build_optimizer, is_order_parameter
 from .peft_bridge import export_peft_lora, is_peft_model, peft_baseline
 from .routing import routing_context
 
+
+def to_peft_config(config: AdapterConfig, **peft_fields):
+    """PEFT's config (``FramePeftConfig``) for ``config``: ``peft.get_peft_model(model,
+    fp.to_peft_config(fp.FrameConfig(...)))``. See :func:`frame_peft.peft_method.to_peft_config`."""
+    from .peft_method import to_peft_config as convert
+
+    return convert(config, **peft_fields)
+
+
+_peft_hook.install()  # PEFT learns FRAME_PEFT when it is imported (docs/integrations.md)
+
 __all__ = [
     "AdaptedLinear",
     "Adapter",
     "AdapterConfig",
+    "AdapterIntegrityError",
     "AdapterOptimizer",
     "FlyLoRAConfig",
     "FourierMoEConfig",
@@ -74,6 +88,7 @@ __all__ = [
     "accounting",
     "adapted_layers",
     "adapter_state_dict",
+    "add_named_adapter",
     "aux_loss",
     "aux_stats",
     "build_adapter",
@@ -88,6 +103,7 @@ __all__ = [
     "load_adapter",
     "merge_and_unload",
     "method_names",
+    "named_adapters",
     "orders",
     "parameter_table",
     "peft_baseline",
@@ -97,8 +113,10 @@ __all__ = [
     "save_adapter",
     "scan_orders",
     "scan_steps",
+    "set_active_adapter",
     "set_adapters_enabled",
     "set_aux_in_loss",
+    "to_peft_config",
     "transforms",
     "unload",
 ]

@@ -23,9 +23,9 @@ from torch import nn
 
 from ._files import atomic_write_bytes, write_json
 from .core.adapter import NotMergeableError, conv1d_class
-from .core.inject import STATE_ATTR, find_injection, require_injection
 from .core.inject import aux_loss as _fp_aux_loss
 from .core.inject import count_parameters as _fp_count_parameters
+from .core.inject import find_injection, injection_owner, require_injection
 
 PEFT_METHODS = ("fourierft", "dora", "adalora", "lora")
 
@@ -256,7 +256,7 @@ def export_peft_lora(
     if not isinstance(uniform_rank, bool):
         raise ValueError(f"uniform_rank must be True or False, got {uniform_rank!r}")
     inj = require_injection(model)
-    root = model if getattr(model, STATE_ATTR, None) is inj else model.module
+    root = injection_owner(model)
     conv = conv1d_class()
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     deltas: dict[str, torch.Tensor] = {}

@@ -201,6 +201,33 @@ class AdapterWrapper(nn.Module):
     def extra_repr(self) -> str:
         return f"enabled={self.enabled}"
 
+    # Named adapters (core/named.py): the active one is ``adapter`` (with its ``dropout``), the
+    # others sit in ``parked[name]``. The PEFT path stores them differently (peft_method.py).
+
+    def park(self, name: str, adapter: nn.Module, dropout: nn.Module) -> None:
+        """Keep ``adapter`` (frozen, not run) under ``name``."""
+        if "parked" not in self._modules:
+            self.parked = nn.ModuleDict()
+        box = nn.Module()
+        box.adapter, box.dropout = adapter, dropout
+        self.parked[name] = box
+
+    def parked_adapter(self, name: str) -> nn.Module:
+        return self.parked[name].adapter
+
+    def activate(self, name: str, current: str) -> None:
+        """Swap the active adapter (called ``current``) with the parked ``name``."""
+        box = self.parked[name]
+        del self.parked[name]
+        self.park(current, self.adapter, getattr(self, "dropout", nn.Identity()))
+        self.adapter = box.adapter
+        if hasattr(self, "dropout"):
+            self.dropout = box.dropout
+
+    def drop(self, name: str) -> None:
+        """Forget parked adapter ``name``."""
+        del self.parked[name]
+
 
 class AdaptedLinear(AdapterWrapper):
     """A frozen ``base_layer`` plus an ``adapter``: ``y = base(x) + adapter(dropout(x), x)``."""

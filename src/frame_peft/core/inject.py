@@ -57,14 +57,24 @@ class Injection:
     aux_in_loss: bool = True  # the loss hook adds aux to outputs.loss (see set_aux_in_loss)
     loss_hook: torch.utils.hooks.RemovableHandle | None = field(default=None, repr=False)
     warned_double: bool = field(default=False, repr=False)
+    name: str = "default"  # this adapter's name; others are parked (core/named.py)
+    parked: dict[str, tuple[AdapterConfig, RoutingState]] = field(default_factory=dict)
+
+
+def injection_owner(model: nn.Module) -> nn.Module | None:
+    """The module that holds the injection: ``model`` or the model it wraps (DDP/FSDP
+    ``.module``, ``torch.compile``'s ``_orig_mod``, a PEFT model's ``base_model.model``)."""
+    peft_inner = getattr(getattr(model, "base_model", None), "model", None)
+    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None), peft_inner):
+        if isinstance(m, nn.Module) and isinstance(getattr(m, STATE_ATTR, None), Injection):
+            return m
+    return None
 
 
 def find_injection(model: nn.Module) -> Injection | None:
-    """The :class:`Injection` of ``model`` or of a wrapped inner model (DDP/FSDP ``.module``)."""
-    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
-        if m is not None and isinstance(getattr(m, STATE_ATTR, None), Injection):
-            return getattr(m, STATE_ATTR)
-    return None
+    """The :class:`Injection` of ``model`` or of a model it wraps (see :func:`injection_owner`)."""
+    owner = injection_owner(model)
+    return None if owner is None else getattr(owner, STATE_ATTR)
 
 
 def require_injection(model: nn.Module) -> Injection:
@@ -252,9 +262,7 @@ def inject(
     inj = Injection(config, state, built, requires_grad, aux_in_loss=bool(add_aux_to_loss))
     # Hooks are objects, not closures, so that copy.deepcopy/pickle of the model give the copy
     # hooks that point at the copy's state and layers.
-    inj.hook = model.register_forward_pre_hook(
-        _PreHook(state, list(built.values())), with_kwargs=True
-    )
+    inj.hook = model.register_forward_pre_hook(_PreHook(inj), with_kwargs=True)
     inj.loss_hook = model.register_forward_hook(_LossHook(inj), with_kwargs=True)
     setattr(model, STATE_ATTR, inj)
     return model
@@ -291,16 +299,16 @@ def _take_mode(layer: nn.Module, training: bool) -> None:
 class _PreHook:
     """The forward pre-hook: opens this forward's routing record and prepares shared work."""
 
-    def __init__(self, state: RoutingState, layers: list[AdaptedLinear]) -> None:
-        self.state, self.layers = state, layers
+    def __init__(self, inj: Injection) -> None:
+        self.inj = inj  # read at call time: the active named adapter may change
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask")
-        self.state.begin_forward(
+        mask, state = kwargs.get("attention_mask"), self.inj.state
+        state.begin_forward(
             mask if isinstance(mask, torch.Tensor) else None, model_inputs(args, kwargs)
         )
         if torch.is_grad_enabled() and not _checkpointing(module):
-            prepare_layers(self.layers, self.state.current.scratch)
+            prepare_layers(list(self.inj.layers.values()), state.current.scratch)
 
 
 def _loss_of(output: object) -> torch.Tensor | None:
@@ -397,7 +405,7 @@ def set_aux_in_loss(model: nn.Module, enabled: bool) -> None:
 def unload(model: nn.Module) -> nn.Module:
     """Remove the adapters without merging: restore the original modules and ``requires_grad``."""
     inj = require_injection(model)
-    target = model if getattr(model, STATE_ATTR, None) is inj else model.module
+    target = injection_owner(model)
     for name, layer in inj.layers.items():
         parent_name, _, child = name.rpartition(".")
         setattr(target.get_submodule(parent_name), child, layer.base_layer)

@@ -12,7 +12,7 @@ from torch import nn
 
 from .adapter import AdaptedLinear, NotMergeableError
 from .blocks import AdaptedBlock
-from .inject import STATE_ATTR, _forget, require_injection
+from .inject import _forget, injection_owner, require_injection
 
 
 def merge_weight(weight: torch.Tensor, delta: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -34,7 +34,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     re-enable them, or :func:`~.inject.unload` to drop them).
     """
     inj = require_injection(model)
-    target = model if getattr(model, STATE_ATTR, None) is inj else model.module
+    target = injection_owner(model)
     disabled = [name for name, layer in inj.layers.items() if not layer.enabled]
     if disabled:
         raise ValueError(

@@ -211,6 +211,49 @@ for name, route in routes.items():
 sys.stderr.write(f"worked: {worked}\n")
 """
 
+# Code the hook might call: patched builtins, an exception class, path helpers. Any of them
+# running inside the hook could walk up to its frames; record whether one ever saw "<hook>".
+PATCH_WHAT_THE_HOOK_CALLS = r"""
+import builtins, gc, os, posixpath, sys
+seen = []
+def spy(real):
+    def wrapper(*args, **kwargs):
+        try:
+            f = sys._getframe(1)
+            while f is not None:
+                if f.f_code.co_filename == "<hook>":
+                    seen.append(f.f_locals)
+                f = f.f_back
+        except BaseException:
+            pass
+        return real(*args, **kwargs)
+    return wrapper
+for name in ("type", "len", "any", "getattr", "str", "bytes", "isinstance"):
+    setattr(builtins, name, spy(getattr(builtins, name)))
+class Refusal(Exception):
+    def __init__(self, *args):
+        spy(lambda: None)()
+        super().__init__(*args)
+builtins.RuntimeError = Refusal
+for name in ("realpath", "islink", "join", "split"):
+    setattr(posixpath, name, spy(getattr(posixpath, name)))
+opened = []
+for route in (
+    lambda: open("probe.txt", "w").close(),
+    lambda: sys._getframe(),
+    lambda: gc.get_objects(),
+    lambda: (os.symlink("/proc/self/mem", "m"), open("m", "rb"))[1],
+    lambda: os.open("mem", os.O_RDONLY, dir_fd=os.open("/proc/self", os.O_RDONLY)),
+    lambda: open("/proc/self/task/" + str(os.getpid()) + "/mem", "rb"),
+):
+    try:
+        opened.append(route())
+    except BaseException:
+        pass
+mem = sum(hasattr(o, "read") or type(o) is int for o in opened)
+sys.stderr.write(f"seen: {len(seen)} mem: {mem}\n")
+"""
+
 KILL_THE_PARENT = (
     WRONG + "import os\nppid = os.getppid()\nos.kill(ppid if ppid > 1 else 1, 9)\n" + FAILING_TEST
 )
@@ -308,6 +351,12 @@ def test_a_forged_pass_scores_as_not_passed(program, network):
 def test_no_signal_handler_or_thread_can_be_started(network):
     r = run(HANDLERS_AND_THREADS, network, timeout=5)
     assert r.status == "passed" and "worked: []" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("network", NETWORK_MODES)
+def test_nothing_the_hook_calls_can_be_patched_and_memory_cannot_be_opened(network):
+    r = run(PATCH_WHAT_THE_HOOK_CALLS, network, timeout=5)
+    assert r.status == "passed" and "seen: 0 mem: 0" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("network", NETWORK_MODES)

@@ -28,12 +28,14 @@ use to reach the nonce or to run as the launcher is refused by the hook (``Runti
 - ``sys.settrace``/``setprofile`` (a trace function could change the launcher's line),
   ``sys.addaudithook``, ``code.__new__``/``replace``, ``exec`` of the launcher's code object;
 - native code: importing ``ctypes``, ``cffi``, ``_testcapi`` & co., every ``ctypes.*`` event,
-  opening ``/proc/.../mem``;
+  opening (or symlinking to) a path whose last component is ``mem``;
 - new processes, unless ``nproc`` > 0 (namespace mode with ``max_processes`` > 1);
-- in guard mode (no namespaces) also sockets, signals to other processes, and opening anything
-  under ``/proc``.
+- in guard mode (no namespaces) also sockets, signals to other processes, and any path with a
+  ``proc`` component (open, symlink, chdir).
 
-The garbage collector is off while the hook runs, so no finalizer of the program runs inside it.
+No code of the program runs inside the hook: the garbage collector is off while it runs (no
+finalizers), it calls only C functions captured before the program existed, and its builtins are
+a private copy (``builtins.type = spy`` does not reach it); path checks are lexical.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ NONCE_CHARS = 32
 
 _HOOK_SOURCE = r"""
 def make_hook(verdict_fd, launcher_code, launcher_globals, sites, guard, spawn):
-    import _thread, gc, os, posixpath, sys, types
+    import _thread, gc, os, sys, types
     write, exit_now, getframe, ident = os.write, os._exit, sys._getframe, _thread.get_ident
-    realpath, gc_off, gc_on, gc_enabled = posixpath.realpath, gc.disable, gc.enable, gc.isenabled
+    gc_off, gc_on, gc_enabled = gc.disable, gc.enable, gc.isenabled
     own_pid, main = os.getpid(), ident()
     frame_type, code_type = types.FrameType, types.CodeType
     introspectable = (
@@ -135,17 +137,19 @@ def make_hook(verdict_fd, launcher_code, launcher_globals, sites, guard, spawn):
         elif event == "import" and len(args) >= 1 and type(args[0]) is str:
             if args[0].split(".")[0] in native:
                 deny(f"importing {args[0]}")
-        elif event == "open" and len(args) >= 1 and type(args[0]) in (str, bytes):
-            path = args[0] if type(args[0]) is str else args[0].decode("utf-8", "replace")
-            state[0] = True
-            try:
-                full = realpath(path)
-            finally:
-                state[0] = False
-            if full.startswith("/proc/") and (guard or full.endswith("/mem")):
-                deny(f"opening {path}")
-            if full in ("/dev/mem", "/dev/kmem", "/dev/port"):
-                deny(f"opening {path}")
+        elif event in ("open", "os.symlink", "os.chdir") and len(args) >= 1:
+            # Lexical checks only (str methods, no Python-level path code the program could
+            # patch): the kernel names the file "mem", so a path or a symlink target ending in
+            # a "mem" component is refused; in guard mode any "proc" component is.
+            path = args[0]
+            if type(path) is bytes:
+                path = path.decode("utf-8", "replace")
+            if type(path) is str:
+                parts = path.rstrip("/").split("/")
+                if parts[-1] in ("mem", "kmem", "port") and event != "os.chdir":
+                    deny(f"opening {path}")
+                if guard and "proc" in parts:
+                    deny(f"opening {path} (guard mode)")
         elif event in process_events and not spawn:
             deny(f"starting a process ({event}; max_processes=1, or guard mode)")
         elif guard:
@@ -208,7 +212,7 @@ def _setup(hook_source):
         raise TimeoutError("CPU time limit reached")
     _signal.signal(_signal.SIGXCPU, on_cpu_limit)
     top = sys._getframe(1)
-    namespace = {}
+    namespace = {"__builtins__": dict(builtins.__dict__)}  # a copy the program cannot patch
     hook_source = hook_source.replace("NONCE_PLACEHOLDER", nonce.decode("ascii"))
     exec(compile(hook_source, "<hook>", "exec"), namespace)
     make_hook = namespace.pop("make_hook")

@@ -237,3 +237,32 @@ def test_bad_arguments_are_refused():
 def test_timeout_must_be_finite_and_positive(timeout):
     with pytest.raises(ValueError, match="finite timeout > 0"):
         run_code_tests("pass", timeout=timeout)
+
+
+COMMON_IMPORTS = """
+import collections, dataclasses, enum, functools, hashlib, heapq, inspect, itertools, json, math
+import logging, random, re, statistics, sys, traceback, typing
+from collections import namedtuple
+P = namedtuple("P", "x y")  # reads sys._getframe(1).f_globals
+class E(enum.Enum):
+    A = 1
+@dataclasses.dataclass
+class D:
+    x: int = 1
+logging.getLogger("sandbox").warning("logged")
+try:
+    1 / 0
+except ZeroDivisionError:
+    traceback.print_exc()  # walks frames and code objects
+import numpy  # tries `import ctypes`, which the sandbox refuses with an ImportError
+assert numpy.array([1, 2]).sum() == 3
+assert P(1, 2).x == 1 and D().x == 1 and E.A.value == 1
+"""
+
+
+@pytest.mark.parametrize("network", NETWORK_MODES)
+def test_common_imports_and_library_introspection_still_work(network):
+    pytest.importorskip("numpy")
+    r = run(COMMON_IMPORTS, network, timeout=20)
+    assert r.status == "passed", r.stderr
+    assert "logged" in r.stderr and "ZeroDivisionError" in r.stderr

@@ -86,8 +86,8 @@ def make_hook(verdict_fd, launcher_code, launcher_globals, sites, guard, spawn):
                 f = f.f_back
         return False
 
-    def deny(what):
-        raise RuntimeError(f"{what} is not allowed in the frame-peft code sandbox")
+    def deny(what, error=RuntimeError):
+        raise error(f"{what} is not allowed in the frame-peft code sandbox")
 
     def verdict():
         f = getframe(3)  # verdict <- check <- hook <- (sys.audit, C) <- the caller
@@ -136,7 +136,7 @@ def make_hook(verdict_fd, launcher_code, launcher_globals, sites, guard, spawn):
             deny("running the launcher again")
         elif event == "import" and len(args) >= 1 and type(args[0]) is str:
             if args[0].split(".")[0] in native:
-                deny(f"importing {args[0]}")
+                deny(f"importing {args[0]}", ImportError)  # what `try: import` expects
         elif event in ("open", "os.symlink", "os.chdir") and len(args) >= 1:
             # Lexical checks only (str methods, no Python-level path code the program could
             # patch): the kernel names the file "mem", so a path or a symlink target ending in

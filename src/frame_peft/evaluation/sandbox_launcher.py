@@ -61,6 +61,7 @@ def make_hook(verdict_fd, launcher_code, launcher_globals, sites, guard, spawn):
         "sys._current_frames", "sys.settrace", "sys.setprofile", "sys.addaudithook",
         "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
         "function.__new__", "cpython._PySys_ClearAuditHooks", "sys._debugmallocstats",
+        "sys.monitoring.register_callback",  # 3.12+: callbacks receive code objects
     }
     refused_prefixes = ("ctypes.", "_ctypes.", "cpython.remote")
     native = (
@@ -222,10 +223,26 @@ def _setup(hook_source):
     del hook
     def no_handlers(*args, **kwargs):
         raise RuntimeError("signal handlers are not allowed in the frame-peft code sandbox")
-    _signal.signal = no_handlers
     def no_threads(*args, **kwargs):
         raise RuntimeError("threads are not allowed in the frame-peft code sandbox")
-    _thread.start_new_thread = _thread.start_new = no_threads
+    # Modules imported before this point (here on purpose, or by a .pth file) keep their own
+    # references (threading._start_new_thread, signal.signal.__wrapped__): replace them all.
+    import signal, threading
+    stand_ins = {id(_signal.signal): no_handlers}
+    for name in ("start_new_thread", "start_new", "start_joinable_thread"):
+        if hasattr(_thread, name):
+            stand_ins[id(getattr(_thread, name))] = no_threads
+    for module in list(sys.modules.values()):
+        names = getattr(module, "__dict__", None)
+        if type(names) is not dict:
+            continue
+        for name, value in list(names.items()):
+            if id(value) in stand_ins:
+                names[name] = stand_ins[id(value)]
+            elif type(value) is types.FunctionType:
+                wrapped = value.__dict__.get("__wrapped__")
+                if id(wrapped) in stand_ins:
+                    names[name] = stand_ins[id(wrapped)]
     create_builtin = _imp.create_builtin
     def guarded_create_builtin(spec):
         name = spec.name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,3 +192,25 @@ def test_merge_and_unload_refuses_disabled_adapters() -> None:
     with fp.disable_adapters(model), pytest.raises(ValueError, match="disabled"):
         fp.merge_and_unload(model)
     fp.merge_and_unload(model)  # enabled again: merges
+
+
+def test_inject_and_save_work_without_peft_installed(tmp_path):
+    """PEFT is optional: with it unimportable, inject/save/load still work (only PEFT's own
+    layer names are recognised as PEFT adapters then)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["peft"] = None  # import peft raises ImportError
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import frame_peft as fp
+from _models import tiny_llama
+model = fp.inject(tiny_llama(), fp.FrameConfig(target_modules=["q_proj"], rank=2))
+fp.save_adapter(model, {str(tmp_path / "ad")!r})
+fp.load_adapter(tiny_llama(), {str(tmp_path / "ad")!r})
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"

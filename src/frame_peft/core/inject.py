@@ -20,8 +20,6 @@ blocks get the adapter class the block adapter names (plain LoRA), all in one in
 from __future__ import annotations
 
 import contextlib
-import difflib
-import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,11 +34,11 @@ from .adapter import (
     Adapter,
     AdapterWrapper,
     LayerContext,
-    is_adaptable,
     layer_features,
 )
 from .blocks import AdaptedBlock, build_block, split_block_targets
 from .config import AdapterConfig, adapter_class
+from .targets import match_targets
 
 STATE_ATTR = "_frame_peft"
 
@@ -86,80 +84,14 @@ def require_injection(model: nn.Module) -> Injection:
     return inj
 
 
-def _output_head_ids(model: nn.Module) -> set[int]:
-    ids = set()
-    get = getattr(model, "get_output_embeddings", None)
-    if callable(get):
-        with contextlib.suppress(Exception):
-            head = get()
-            if head is not None:
-                ids.add(id(head))
-    return ids
-
-
-def match_targets(
-    model: nn.Module, target_modules: list[str] | str, allow_unmatched: list[str] | bool = False
-) -> list[tuple[str, nn.Module]]:
-    """The (name, module) pairs that ``target_modules`` selects.
-
-    Raises ``ValueError`` when nothing matches, and, for a list, when one of its names matches no
-    Linear/Conv1D (unless ``allow_unmatched`` is True or lists it): a typo such as ``"v_prj"``
-    would otherwise silently adapt fewer modules. The error names the pattern and close
-    candidates.
-    """
-    candidates = [(n, m) for n, m in model.named_modules() if n and is_adaptable(m)]
-    if target_modules == "all-linear":
-        heads = _output_head_ids(model)
-        picked = [
-            (n, m) for n, m in candidates if id(m) not in heads and n.split(".")[-1] != "lm_head"
-        ]
-    elif isinstance(target_modules, str):
-        picked = [(n, m) for n, m in candidates if re.fullmatch(target_modules, n)]
-    else:
-        picked = [(n, m) for n, m in candidates if any(_names(n, t) for t in target_modules)]
-        allowed = set(target_modules) if allow_unmatched is True else set(allow_unmatched or ())
-        for t in target_modules:
-            if t not in allowed and not any(_names(n, t) for n, _ in picked):
-                raise ValueError(_unmatched_message(model, t, candidates))
-    if not picked:
-        leaves = sorted({n.split(".")[-1] for n, _ in candidates})
-        raise ValueError(
-            f"target_modules={target_modules!r} matched no Linear/Conv1D module. Candidate "
-            f"names: {leaves} (e.g. {[n for n, _ in candidates[:3]]})"
-        )
-    return picked
-
-
-def _names(module_name: str, pattern: str) -> bool:
-    return module_name == pattern or module_name.endswith("." + pattern)
-
-
-def _unmatched_message(model: nn.Module, pattern: str, candidates: list) -> str:
-    """Why ``pattern`` matched nothing: a non-Linear module of that name, or close names."""
-    others = [
-        type(m).__name__ for n, m in model.named_modules() if n and _names(n, pattern)
-    ]  # fmt: skip
-    leaves = sorted({n.split(".")[-1] for n, _ in candidates})
-    close = difflib.get_close_matches(pattern, leaves, n=5, cutoff=0.6)
-    what = (
-        f"it names {sorted(set(others))} module(s), not Linear/Conv1D layers"
-        if others
-        else f"close names: {close}"
-        if close
-        else f"adaptable names: {leaves}"
-    )
-    return (
-        f"target_modules entry {pattern!r} matched no Linear/Conv1D module of this "
-        f"{type(model).__name__} ({what}). Fix the name, or, if this architecture lacks the "
-        f"module, list it in the config's allow_unmatched (e.g. allow_unmatched=[{pattern!r}])"
-    )
-
-
 def _refuse_peft_adapters(model: nn.Module) -> None:
     """``ValueError`` when ``model`` already carries PEFT adapters (a PeftModel or PEFT tuner
     layers such as LoRA's ``lora_A``/``lora_B``): wrapping them would adapt the adapters."""
-    from peft import PeftModel  # a dependency; imported here to keep `import frame_peft` light
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    try:  # optional; imported here to keep `import frame_peft` light
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # without PEFT only its layer names can be recognised
+        PeftModel = BaseTunerLayer = type("NoPeft", (), {})
 
     if isinstance(model, PeftModel):
         raise ValueError(

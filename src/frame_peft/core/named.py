@@ -17,8 +17,6 @@ support one adapter per model.
 
 from __future__ import annotations
 
-import re
-
 from torch import nn
 
 from ..routing import RoutingState
@@ -26,13 +24,13 @@ from ..routing.context import input_embedding_of
 from .adapter import AdaptedLinear, LayerContext
 from .config import AdapterConfig, adapter_class
 from .inject import (
-    _names,
     _take_mode,
     find_injection,
     injection_owner,
     layer_indices,
     require_injection,
 )
+from .targets import _names, selects
 
 __all__ = ["add_named_adapter", "delete_named_adapter", "named_adapters", "set_active_adapter"]
 
@@ -67,7 +65,7 @@ def add_named_adapter(model: nn.Module, name: str, config: AdapterConfig) -> Non
         )
     inner = injection_owner(model)
     have = set(inj.layers)
-    wanted = {n for n in have if _selects(config.target_modules, n)}
+    wanted = {n for n in have if selects(config.target_modules, n)}
     if isinstance(config.target_modules, list):  # a name that selects nothing here
         wanted |= {t for t in config.target_modules if not any(_names(n, t) for n in have)}
     if wanted != have:
@@ -136,12 +134,3 @@ def delete_named_adapter(model: nn.Module, name: str) -> None:
     del inj.parked[name]
     for layer in inj.layers.values():
         layer.drop(name)
-
-
-def _selects(target_modules: list[str] | str, name: str) -> bool:
-    """Whether ``target_modules`` selects the module called ``name`` (inject's rules)."""
-    if target_modules == "all-linear":
-        return True
-    if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, name) is not None
-    return any(_names(name, t) for t in target_modules)

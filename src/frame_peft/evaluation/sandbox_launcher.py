@@ -60,14 +60,12 @@ def make_hook(verdict_fd, launcher_code, launcher_globals, sites, guard, spawn):
     refused = {
         "sys._current_frames", "sys.settrace", "sys.setprofile", "sys.addaudithook",
         "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
-        "function.__new__", "cpython._PySys_ClearAuditHooks", "sys._debugmallocstats",
-        "sys.monitoring.register_callback",  # 3.12+: callbacks receive code objects
+        "function.__new__", "sys.monitoring.register_callback",  # 3.12+: gets code objects
     }
     refused_prefixes = ("ctypes.", "_ctypes.", "cpython.remote")
     native = (
         "ctypes", "_ctypes", "cffi", "_cffi_backend", "_testcapi", "_testinternalcapi",
         "_testmultiphase", "_testbuffer", "_xxsubinterpreters", "_xxinterpchannels", "_lsprof",
-        "_posixsubprocess_unsafe",
     )
     process_events = {
         "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",

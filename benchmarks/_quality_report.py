@@ -1,0 +1,200 @@
+"""Aggregate, page and plot of the benchmark of record (``quality.py``), from its cell JSONs.
+
+Every number is recomputed from the per-item records of the cells, so intervals can be redone
+with other settings: per (method, task) the answer NLL (nats per answer token, mean over items)
+and accuracy / exact match, each as
+
+* per seed: mean over items with its 95 % percentile-bootstrap interval over items;
+* over seeds: mean ± sample std (and min, max) of the per-seed means;
+* pooled: items averaged over seeds, bootstrap over items;
+* paired to MoE-LoRA: per item and seed ``method - moe-lora`` on the same items, averaged over
+  the seeds both have, bootstrap over items (significant when the interval excludes 0).
+
+"What this shows" is generated from those paired intervals (no prose written by hand).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from frame_peft._tables import markdown_table
+from frame_peft.evaluation.intervals import (
+    bootstrap_ci,
+    paired_difference,
+    pooled_over_seeds,
+    seed_summary,
+)
+
+REFERENCE = "moe-lora"
+METRICS = ("nll", "correct")  # per-item keys in a cell's records
+
+
+def _per_item(cell: dict, task: str, metric: str) -> list[float]:
+    return [float(item[metric]) for item in cell["tasks"][task]["items"]]
+
+
+def _paired(
+    by: dict, m: str, ref: str, seeds: list[int], task: str, metric: str, n_boot: int
+) -> tuple[dict, list[int]] | None:
+    """``method - ref`` per item, averaged over the seeds both have (the frozen ``base`` has
+    one cell, seed 0, and pairs with every seed), bootstrapped over items."""
+    if m in (ref, "base"):
+        return None
+    shared = [s for s in seeds if (ref, 0 if ref == "base" else s) in by]
+    if not shared:
+        return None
+    diffs = [
+        [a - b for a, b in zip(_per_item(by[(m, s)], task, metric),
+                               _per_item(by[(ref, 0 if ref == "base" else s)], task, metric),
+                               strict=True)]
+        for s in shared
+    ]  # fmt: skip
+    mean_diff = [sum(col) / len(col) for col in zip(*diffs, strict=True)]
+    zero = [0.0] * len(mean_diff)
+    return paired_difference(mean_diff, zero, n_boot=n_boot).to_dict(), shared
+
+
+def aggregate(cells: list[dict], n_boot: int = 2000) -> dict[str, Any]:
+    """``{"methods": {m: {task: {metric: {...}}}}, "tasks": [...]}`` (module docstring)."""
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    tasks = list(cells[0]["tasks"])
+    by = {(c["method"], c["seed"]): c for c in cells}
+    out: dict[str, Any] = {"tasks": tasks, "methods": {}}
+    for m in methods:
+        seeds = sorted(s for (mm, s) in by if mm == m)
+        entry: dict[str, Any] = {"seeds": seeds, "lr": by[(m, seeds[0])].get("lr")}
+        for t in tasks:
+            entry[t] = {}
+            for metric in METRICS:
+                rows = [_per_item(by[(m, s)], t, metric) for s in seeds]
+                per_seed = [bootstrap_ci(r, n_boot=n_boot, seed=0).to_dict() for r in rows]
+                res = {
+                    "per_seed": per_seed,
+                    "seeds": seed_summary([p["estimate"] for p in per_seed]).to_dict(),
+                    "pooled": pooled_over_seeds(rows, n_boot=n_boot).to_dict(),
+                }
+                for ref in (REFERENCE, "base"):
+                    paired = _paired(by, m, ref, seeds, t, metric, n_boot)
+                    if paired is not None:
+                        res[f"minus_{ref}"], res[f"minus_{ref}_seeds"] = paired
+                entry[t][metric] = res
+        keys = ("train_seconds", "eval_seconds", "tokens_per_second", "peak_rss_mb")
+        entry["cost"] = {k: seed_summary([by[(m, s)]["cost"][k] for s in seeds]).mean
+                         for k in keys}  # fmt: skip
+        entry["parameters"] = by[(m, seeds[0])]["parameters"]
+        out["methods"][m] = entry
+    return out
+
+
+def _ci(d: dict, scale: float = 1.0, digits: int = 3) -> str:
+    return (f"{d['estimate'] * scale:.{digits}f} [{d['low'] * scale:.{digits}f}, "
+            f"{d['high'] * scale:.{digits}f}]")  # fmt: skip
+
+
+def _seeds(d: dict, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{d['mean'] * scale:.{digits}f} ± {d['std'] * scale:.{digits}f}"
+
+
+def _verdict(d: dict, metric: str, ref: str) -> str:
+    if not (d["low"] > 0 or d["high"] < 0):
+        return f"no significant difference from {ref}"
+    lower = d["estimate"] < 0
+    good = lower == (metric == "nll")
+    return (f"significantly {'lower' if lower else 'higher'} "
+            f"({'better' if good else 'worse'}) than {ref}")  # fmt: skip
+
+
+def findings(agg: dict) -> list[str]:
+    """One generated sentence per (method, task, metric) paired difference to MoE-LoRA and to
+    the frozen base model (significant when the 95 % interval excludes 0)."""
+    lines = []
+    for ref, label in (("base", "the base model"), (REFERENCE, "MoE-LoRA")):
+        lines += ["", f"Against {label}:", ""]
+        for m, e in agg["methods"].items():
+            for t in agg["tasks"]:
+                for metric in METRICS:
+                    d = e[t][metric].get(f"minus_{ref}")
+                    if d is None:
+                        continue
+                    scale, unit = (100.0, "points") if metric == "correct" else (1.0, "nats/token")
+                    name = "answer NLL" if metric == "nll" else "accuracy / exact match"
+                    n = len(e[t][metric][f"minus_{ref}_seeds"])
+                    lines.append(f"- {m}, {t}, {name}: {_verdict(d, metric, label)} "
+                                 f"(Δ {_ci(d, scale)} {unit}, {n} seed(s) paired).")  # fmt: skip
+    return lines
+
+
+def render(agg: dict, meta: dict[str, Any]) -> str:
+    tasks = agg["tasks"]
+    lines = [
+        "# Benchmark of record: quality at matched active parameters",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Commit: {meta['commit']}  ",
+        f"Model: {meta['model']}; targets {', '.join(meta['targets'])}; {meta['steps']} steps of "
+        f"{meta['batch']} items; data: {meta['data']}  ",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in meta["machine"].items()),
+        "",
+        "Answer NLL = mean over items of the answer's negative log-likelihood per token (nats, "
+        "lower is better); accuracy (multiple choice) / exact match (math) in %. Brackets: 95 % "
+        "percentile-bootstrap intervals over items (pooled: items averaged over seeds). ± : "
+        "sample std of the per-seed means. Δ: paired difference to MoE-LoRA on the same items.",
+        "",
+        "## Parameters and cost per method",
+        "",
+        markdown_table(
+            ["method", "config", "lr", "active / token", "trainable", "train s", "tokens/s",
+             "eval s", "peak RSS MiB"],
+            [[m, e["parameters"]["config"], e["lr"] if e["lr"] is not None else "–",
+              e["parameters"]["active_per_token"], e["parameters"]["trainable"],
+              f"{e['cost']['train_seconds']:.0f}", f"{e['cost']['tokens_per_second']:.0f}",
+              f"{e['cost']['eval_seconds']:.0f}", f"{e['cost']['peak_rss_mb']:.0f}"]
+             for m, e in agg["methods"].items()],
+        ),
+    ]  # fmt: skip
+    for metric, title, scale in (("nll", "Answer NLL (nats/token)", 1.0),
+                                 ("correct", "Accuracy / exact match (%)", 100.0)):  # fmt: skip
+        rows = []
+        for m, e in agg["methods"].items():
+            row = [m]
+            for t in tasks:
+                r = e[t][metric]
+                key = f"minus_{REFERENCE}"
+                delta = f"; Δ {_ci(r[key], scale)}" if key in r else ""
+                row.append(f"{_ci(r['pooled'], scale)}; {_seeds(r['seeds'], scale)}{delta}")
+            rows.append(row)
+        lines += ["", f"## {title}", "", markdown_table(["method", *tasks], rows)]
+    lines += ["", "## What this shows (generated from the paired intervals)", *findings(agg)]
+    if meta.get("plot"):
+        lines += ["", f"![methods x tasks]({meta['plot']})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: dict, path: Path) -> Path | None:
+    """Methods × tasks: pooled answer NLL and accuracy with their intervals (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    tasks, methods = agg["tasks"], list(agg["methods"])
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.2 * len(tasks), 6), squeeze=False)
+    for row, (metric, label, scale) in enumerate((("nll", "answer NLL", 1.0),
+                                                  ("correct", "acc / EM %", 100.0))):  # fmt: skip
+        for col, t in enumerate(tasks):
+            ax = axes[row][col]
+            for i, m in enumerate(methods):
+                p = agg["methods"][m][t][metric]["pooled"]
+                est = p["estimate"] * scale
+                err = [[est - p["low"] * scale], [p["high"] * scale - est]]
+                ax.errorbar([i], [est], yerr=err, fmt="o", capsize=3)
+            ax.set_xticks(range(len(methods)), methods, rotation=60, fontsize=7)
+            ax.set_title(f"{t}: {label}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

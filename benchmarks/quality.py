@@ -1,0 +1,360 @@
+"""The benchmark of record (issue 17): does FRAME beat the baselines at matched active parameters,
+on real tasks, by more than the noise?
+
+Base: SmolLM2-135M-Instruct (offline asset, float32). Adapters on all seven Linears of every
+block (q, k, v, o, gate, up, down). Budget: MoE-LoRA E = 8, k = 2, r = 4 (``benchmarks/_lm.py``);
+LoRA at its active rank k·r = 8; ``moe-lora-2r`` = MoE-LoRA at rank 8 (FRAME's per-token FLOPs);
+``frame`` = ``FrameConfig`` as shipped (learned orders, ``order_search="gradient"``);
+``frame-fixed`` = orders fixed at the spread init; ``fouriermoe`` and the optional baselines
+(``--methods``: hydralora, flylora, hmora, peft_dora, peft_fourierft) at the knob whose whole-model
+active parameters per token are closest to MoE-LoRA's (``_lm.match_model_budgets``). ``base``:
+the frozen model (reference row, one cell).
+
+Data (``_quality_data.real_parts``): the quick start's mix (ARC-Easy, BoolQ, PIQA, reasoning-gym
+math) plus ARC-Challenge for training; per task a **test** part (ARC-Easy/BoolQ/PIQA 500 items
+each, GSM8K ``--gsm8k-items``), a disjoint **val** part for the learning-rate sweep, and training
+items from the rest; everything checked disjoint. Zero-shot ``Question: ...\\nAnswer:`` prompts.
+
+Protocol: every method gets the same data order (the mixture seed = the cell's seed), the same
+steps, and the same learning-rate sweep (``--lrs``, seed 0, picked by the mean over tasks of the
+validation answer NLL; sweep cells never see test items). Then ``--seeds`` seeds at the chosen
+learning rate. Metrics per test item: answer NLL per token (``frame_peft.evaluation.answer_nll``),
+correctness (multiple choice by log-likelihood; GSM8K exact match by greedy generation);
+intervals by ``frame_peft.evaluation.intervals`` (``_quality_report``).
+
+Cells: ``(method, seed)`` test cells and ``(method, lr)`` sweep cells. Each trains in its own run
+directory (``--runs-dir``/<method>/seed<k> or .../sweep-lr<lr>, gitignored) and writes one JSON
+(per-item records, wall times, tokens/s, peak RSS) under ``--out-dir``/cells/ or /sweep/,
+atomically and last: a cell whose JSON exists is skipped, so the benchmark resumes after an
+interruption and runs in parts (``--only frame`` or ``--only frame/1``; ``--list`` shows the plan).
+
+Budget (measured on this machine, 2 cores, one cell at a time at OMP_NUM_THREADS=1; the numbers
+are in docs/benchmark.md and the smoke run's cell JSON): see ``plan_seconds`` and ``--list``.
+
+Usage::
+
+    flock /tmp/heavy.lock env OMP_NUM_THREADS=1 python benchmarks/quality.py      # resumable
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --list
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --only frame/1                 # one cell
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --quick --out-dir /tmp/q       # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import frame_peft as fp
+from _common import command_line, machine_info, peak_rss_mb, reset_peak_rss, write_results
+from _layer_report import git_state
+from _quality_data import MC_TASKS, Parts, char_tokenizer, quick_parts, real_parts, tiny_text_llama
+from _quality_report import aggregate, plot, render
+from frame_peft._files import write_json
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "quality"
+DEFAULT_RUNS = HERE.parent / "runs" / "quality"
+CORE = ("lora", "moe-lora", "moe-lora-2r", "frame", "frame-fixed", "fouriermoe")
+OPTIONAL = ("hydralora", "flylora", "hmora", "peft_dora", "peft_fourierft")
+LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BUDGET = {"num_experts": 8, "top_k": 2, "rank": 4}
+
+
+def method_config(name: str, model: torch.nn.Module, knobs: dict[str, int | None]):
+    """The adapter config of ``name`` on ``LINEARS`` (``None`` for ``base``)."""
+    common = {"target_modules": LINEARS, "dropout": 0.05}
+    if name == "base":
+        return None
+    if name == "lora":
+        return fp.LoRAConfig(**common, rank=BUDGET["top_k"] * BUDGET["rank"])
+    if name == "moe-lora":
+        return fp.MoELoRAConfig(**common, **BUDGET)
+    if name == "moe-lora-2r":
+        return fp.MoELoRAConfig(**common, **{**BUDGET, "rank": 2 * BUDGET["rank"]})
+    if name == "frame":
+        return fp.FrameConfig(**common, **BUDGET)
+    if name == "frame-fixed":
+        return fp.FrameConfig(**common, **BUDGET, order_mode="fixed")
+    from _lm import method_config as lm_config
+
+    return lm_config(name, knobs[name])
+
+
+def knobs_for(model: torch.nn.Module, methods: list[str]) -> dict[str, int | None]:
+    """Budget knobs of the matched methods (``_lm.match_model_budgets``; E = 8, k = 2, r = 4)."""
+    matched = [m for m in methods if m in ("fouriermoe", *OPTIONAL)]
+    if not matched:
+        return {}
+    from _lm import match_model_budgets
+
+    return match_model_budgets(model, matched)[0]
+
+
+def adapt(model: torch.nn.Module, config) -> torch.nn.Module:
+    if config is None:
+        return model
+    if isinstance(config, fp.AdapterConfig):
+        return fp.inject(model, config)
+    return fp.peft_baseline(model, config)
+
+
+# evaluation --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_items(model, tok, parts: dict, args, generate: bool) -> dict[str, Any]:
+    """Per task: per-item answer NLL (nats/token) and correctness (``generate=False``: NLL only)."""
+    from frame_peft.evaluation import (
+        MATH_STOPS,
+        extract_answer,
+        generate_completions,
+        math_equal,
+        score_multiple_choice,
+    )
+    from frame_peft.evaluation.answer_nll import answer_nll, mc_answer_nll
+
+    model.eval()
+    out = {}
+    for task, items in parts.items():
+        if items[0].choices:
+            mc = score_multiple_choice(model, tok, items, batch_size=args.eval_batch)
+            nll = mc_answer_nll(tok, items, mc.predictions)
+            correct = [bool(p["correct"]) for p in mc.predictions]
+        else:
+            nll = answer_nll(model, tok, items, batch_size=args.eval_batch)
+            correct = [None] * len(items)
+            if generate:
+                texts = generate_completions(
+                    model, tok, [ex.prompt for ex in items], max_new_tokens=args.max_new_tokens,
+                    stop=MATH_STOPS, batch_size=args.eval_batch,
+                )  # fmt: skip
+                correct = [math_equal(extract_answer(t), ex.answer)
+                           for t, ex in zip(texts, items, strict=True)]  # fmt: skip
+        out[task] = {"items": [
+            {"uid": ex.uid, "nll": round(n.per_token, 6), "tokens": n.tokens,
+             "correct": None if c is None else float(c)}
+            for ex, n, c in zip(items, nll, correct, strict=True)
+        ]}  # fmt: skip
+    return out
+
+
+# one cell ---------------------------------------------------------------------------------------
+
+
+def load(args) -> tuple[torch.nn.Module, Any]:
+    if args.quick:
+        return tiny_text_llama(), char_tokenizer()
+    from frame_peft.training import load_base_model
+
+    model, tok = load_base_model("smollm2", dtype="float32")
+    return model.eval(), tok
+
+
+def run_cell(method: str, seed: int, lr: float, parts: Parts, args, run_dir: Path,
+             sweep: bool) -> dict[str, Any]:  # fmt: skip
+    """Train ``method`` (seed, lr) in ``run_dir`` and score the val (sweep) or test items."""
+    from frame_peft.data import MultiTaskMixture, PadCollator, TaskVocabulary
+    from frame_peft.peft_bridge import count_parameters
+    from frame_peft.training import TrainConfig, Trainer
+
+    reset_peak_rss()
+    model, tok = load(args)
+    config = method_config(method, model, args.knobs)
+    torch.manual_seed(seed)  # adapter init depends on the seed only
+    model = adapt(model, config)
+    train_s, tokens = 0.0, 0
+    if config is not None:
+        vocab = TaskVocabulary(sorted({*parts.train, *parts.test}))
+        data = MultiTaskMixture(parts.train, tok, args.max_length, weights="uniform", seed=seed,
+                                vocab=vocab)  # fmt: skip
+        n = args.steps * args.batch
+        tokens = sum(len(data[i % len(data)]["input_ids"]) for i in range(n))
+        if run_dir.exists():  # an unfinished earlier attempt: its JSON was never written
+            shutil.rmtree(run_dir)
+        cfg = TrainConfig(
+            output_dir=str(run_dir), max_steps=args.steps, per_device_batch_size=args.batch,
+            lr=lr, order_lr=lr, warmup_steps=max(1, args.steps // 10), schedule="cosine",
+            save_every=args.steps, keep_checkpoints=1, progress=False, report_to="none",
+            log_every=max(1, args.steps // 10), seed=seed,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        Trainer(model, data, cfg, collate_fn=PadCollator(tok.pad_token_id)).train()
+        train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tasks = evaluate_items(model, tok, parts.val if sweep else parts.test, args, not sweep)
+    eval_s = time.perf_counter() - t0
+    counts = count_parameters(model) if config is not None else {"active_per_token": 0,
+                                                                 "trainable": 0}  # fmt: skip
+    return {
+        "method": method, "seed": seed, "lr": lr if config is not None else None,
+        "part": "val" if sweep else "test", "steps": args.steps if config is not None else 0,
+        "parameters": {"active_per_token": int(counts["active_per_token"]),
+                       "trainable": int(counts["trainable"]),
+                       "config": _describe(config)},
+        "cost": {"train_seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
+                 "train_tokens": tokens,
+                 "tokens_per_second": round(tokens / train_s, 1) if train_s else 0.0,
+                 "peak_rss_mb": round(peak_rss_mb(), 1)},
+        "tasks": tasks,
+    }  # fmt: skip
+
+
+def _describe(config) -> str:
+    if config is None:
+        return "frozen"
+    if isinstance(config, fp.AdapterConfig):
+        keys = ("num_experts", "top_k", "rank", "order_mode", "order_search", "num_coefficients")
+        parts = [f"{k}={getattr(config, k)}" for k in keys if hasattr(config, k)]
+        return f"{config.method} " + " ".join(parts)
+    return f"peft {config.method} " + " ".join(
+        f"{k}={v}" for k, v in config.kwargs.items() if k != "target_modules"
+    )
+
+
+# plan -------------------------------------------------------------------------------------------
+
+
+def sweep_path(args, method: str, lr: float) -> Path:
+    return args.out_dir / "sweep" / f"{method}-lr{lr:g}.json"
+
+
+def cell_path(args, method: str, seed: int) -> Path:
+    return args.out_dir / "cells" / f"{method}-seed{seed}.json"
+
+
+def plan(args) -> list[tuple[str, str, int, float | None, Path]]:
+    """Every cell in run order: ``(kind, method, seed, lr, json path)``; sweep cells first."""
+    cells: list[tuple[str, str, int, float | None, Path]] = []
+    for m in args.methods:
+        if m != "base" and len(args.lrs) > 1:
+            cells += [("sweep", m, 0, lr, sweep_path(args, m, lr)) for lr in args.lrs]
+    cells.append(("test", "base", 0, None, cell_path(args, "base", 0)))
+    for seed in range(args.seeds):
+        cells += [("test", m, seed, None, cell_path(args, m, seed)) for m in args.methods
+                  if m != "base"]  # fmt: skip
+    if args.only:
+        name, _, seed = args.only.partition("/")
+        cells = [c for c in cells if c[1] == name and (not seed or c[0] == "sweep"
+                                                       or c[2] == int(seed))]  # fmt: skip
+    return cells
+
+
+def chosen_lr(args, method: str) -> float:
+    """The sweep's learning rate with the lowest mean (over tasks) validation answer NLL."""
+    if len(args.lrs) == 1:
+        return args.lrs[0]
+    scores = {}
+    for lr in args.lrs:
+        path = sweep_path(args, method, lr)
+        if not path.exists():
+            raise RuntimeError(f"sweep cell {path.name} is missing; run the sweep first")
+        tasks = json.loads(path.read_text())["tasks"]
+        scores[lr] = sum(
+            sum(i["nll"] for i in t["items"]) / len(t["items"]) for t in tasks.values()
+        ) / len(tasks)
+    return min(scores, key=lambda lr: (scores[lr], lr))
+
+
+def run_plan(args, parts: Parts) -> None:
+    for kind, method, seed, lr, path in plan(args):
+        if path.exists():
+            print(f"[quality] {path.name}: complete, skipped")
+            continue
+        lr = lr if kind == "sweep" else chosen_lr(args, method) if method != "base" else 0.0
+        sub = f"sweep-lr{lr:g}" if kind == "sweep" else f"seed{seed}"
+        t0 = time.perf_counter()
+        cell = run_cell(method, seed, lr, parts, args, args.runs_dir / method / sub,
+                        kind == "sweep")  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, cell, indent=None)
+        print(f"[quality] {path.name}: done in {time.perf_counter() - t0:.0f} s")
+
+
+def report(args, cmd: str, model_desc: str, parts: Parts) -> str | None:
+    """Aggregate every cell JSON under ``--out-dir``/cells (whichever run wrote it)."""
+    cells = [json.loads(p.read_text()) for p in sorted((args.out_dir / "cells").glob("*.json"))]
+    if not cells:
+        return None
+    order = ["base", *CORE, *OPTIONAL]
+    cells.sort(key=lambda c: (order.index(c["method"]), c["seed"]))
+    agg = aggregate(cells, n_boot=args.n_boot)
+    png = plot(agg, args.out_dir.with_suffix(".png"))
+    meta = {
+        "command": cmd, "commit": git_state(HERE.parent), "model": model_desc,
+        "targets": LINEARS, "steps": args.steps, "batch": args.batch,
+        "data": json.dumps(parts.sizes()), "machine": machine_info(),
+        "plot": png.name if png else None,
+    }  # fmt: skip
+    page = render(agg, meta)
+    write_results(args.out_dir.with_suffix(".md"), page, {**meta, "aggregate": agg})
+    return page
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default=",".join(CORE),
+                   help=f"comma list of {CORE + OPTIONAL}")  # fmt: skip
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lrs", default="5e-4,1e-3,2e-3")
+    p.add_argument("--test-items", type=int, default=500, help="per multiple-choice task")
+    p.add_argument("--gsm8k-items", type=int, default=100)
+    p.add_argument("--val-items", type=int, default=48, help="per task, for the lr sweep")
+    p.add_argument("--train-items", type=int, default=0, help="per MC task (0: all the rest)")
+    p.add_argument("--math-train", type=int, default=400)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=192)
+    p.add_argument("--eval-batch", type=int, default=8)
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("--only", default="", help="METHOD or METHOD/SEED")
+    p.add_argument("--list", action="store_true", help="show the plan and which cells are done")
+    p.add_argument("--quick", action="store_true", help="tiny random model, synthetic items")
+    args = p.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in args.methods if m not in (*CORE, *OPTIONAL)]
+    if bad:
+        p.error(f"unknown methods {bad}; choose from {list(CORE + OPTIONAL)}")
+    if args.quick:
+        if args.out_dir == DEFAULT_OUT or args.runs_dir == DEFAULT_RUNS:
+            p.error("--quick writes test numbers: give --out-dir and --runs-dir (a temp dir)")
+        args.steps, args.eval_batch, args.max_new_tokens = min(args.steps, 6), 4, 6
+    args.lrs = [float(v) for v in args.lrs.split(",") if v]
+    if args.only and args.only.partition("/")[0] not in [*args.methods, "base"]:
+        p.error(f"--only {args.only}: {args.only.partition('/')[0]} is not among --methods")
+    args.sizes = {"test": {**{t: args.test_items for t in MC_TASKS}, "gsm8k": args.gsm8k_items},
+                  "val": args.val_items, "train": args.train_items,
+                  "math_train": args.math_train}  # fmt: skip
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    cmd = command_line("quality.py", argv)
+    if args.list:
+        for kind, method, seed, lr, path in plan(args):
+            state = "done" if path.exists() else "todo"
+            print(f"{state}  {kind:5}  {method:12} seed {seed}  lr {lr}  {path}")
+        return 0
+    parts = quick_parts() if args.quick else real_parts(args.sizes)
+    with torch.device("cpu"):
+        args.knobs = knobs_for(load(args)[0], args.methods)
+    run_plan(args, parts)
+    desc = ("tiny random Llama + character tokenizer, synthetic items (--quick)" if args.quick
+            else "SmolLM2-135M-Instruct (offline asset, float32)")  # fmt: skip
+    page = report(args, cmd, desc, parts)
+    if page:
+        print(page)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -139,3 +139,24 @@ def test_check_finished_names_what_is_missing(tmp_path):
 def test_code_timeout_must_be_finite_and_positive(value):
     with pytest.raises(RecipeError, match=r"eval\.code_timeout"):
         load_recipe("quickstart", [f"eval.code_timeout={value}"])
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_recipe_eval_passes_allow_unsafe_code_execution_to_evaluate(allowed):
+    """The recipe field reaches evaluate() (recorded in the results' settings), so a recipe
+    that opts in on a machine without namespaces is not refused anyway."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from frame_peft.data.types import Example
+    from frame_peft.pipeline.run import _evaluate
+    from frame_peft.recipes import load_recipe
+    from frame_peft.recipes.data_prep import PreparedData
+    from test_docs_integrations import char_tokenizer, tiny_text_llama
+
+    recipe = load_recipe("quickstart", [f"eval.allow_unsafe_code_execution={str(allowed).lower()}"])
+    item = Example("arc_easy", "x1", "Question: 1+1?\nAnswer:", choices=(" 2", " 3"), label=0)
+    data = PreparedData({}, {"arc_easy": [item]})
+    res = _evaluate(tiny_text_llama(), char_tokenizer(), recipe, data, "lora", {}, False)
+    assert res.metadata["settings"]["allow_unsafe_code_execution"] is allowed

@@ -50,6 +50,7 @@ def _evaluate(
         batch_size=spec.batch_size,
         max_new_tokens=spec.max_new_tokens,
         code_timeout=spec.code_timeout,
+        allow_unsafe_code_execution=spec.allow_unsafe_code_execution,
         chat=spec.chat,
         metadata={
             "method": method,

@@ -39,6 +39,8 @@ examples:
   frame-peft analyze runs/quickstart/frame runs/quickstart/moe-lora \\
       --output runs/quickstart/analysis
       -> one report comparing both runs (decorrelation per layer side by side)
+  frame-peft analyze runs/quickstart/frame --spectral
+      -> the spectral analysis: band energies, nulls, compactness, routing by band
 """
 
 
@@ -79,6 +81,20 @@ def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="skip the mutual coherence of FRAME transforms (the slowest number)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--spectral",
+        action="store_true",
+        help="the spectral analysis instead: frequency energy of the updates by band (FourierMoE's "
+        "rings) against random nulls, compactness vs fractional order, routing by band "
+        "(docs/analysis.md, 'Spectral analysis')",
+    )
+    p.add_argument(
+        "--bands",
+        type=int,
+        default=8,
+        metavar="B",
+        help="radial bands of the spectral analysis (default 8; with --spectral)",
+    )
     p.set_defaults(func=run_analyze)
     return p
 
@@ -88,6 +104,18 @@ def run_analyze(args: argparse.Namespace) -> int:
     from .run import analyze_run
 
     try:
+        if getattr(args, "spectral", False):
+            from .spectral_run import analyze_spectral
+
+            report = analyze_spectral(
+                args.run_dirs,
+                args.output,
+                num_bands=args.bands,
+                max_items_per_task=args.max_items,
+                progress=not getattr(args, "no_progress", False),
+            )
+            print(f"report: {report}")
+            return 0
         report = analyze_run(
             args.run_dirs,
             args.output,

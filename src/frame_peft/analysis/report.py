@@ -343,6 +343,26 @@ _BLOCKS = {
 }
 
 
+def _spectral_section(runs: Sequence[Mapping], figs: Mapping[str, Path], used: set[str]) -> str:
+    """The "Spectral analysis" section (:mod:`.spectral_report`): definitions, then per run its
+    tables and its ``"spectral/<run>/..."`` figures (marked used)."""
+    from .spectral_report import DEFINITIONS, spectral_block
+
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in DEFINITIONS)
+    parts = [
+        '<h2 id="spectral">Spectral analysis</h2><details open><summary>What the numbers '
+        f'mean</summary><dl class="defs">{items}</dl></details>'
+    ]
+    for r in runs:
+        parts.append(f"<h3>{_e(r['label'])} ({_e(r.get('method', '?'))})</h3>")
+        parts.append(spectral_block(r.get("spectral"), _table, _details))
+        for key, fig in figs.items():
+            if _split_key(key)[:2] == ("spectral", r["label"]):
+                parts.append(_img(fig, _split_key(key)[2]))
+                used.add(key)
+    return "\n".join(parts)
+
+
 def _split_key(key: str) -> tuple[str, str, str]:
     parts = str(key).split("/", 2)
     return (parts[0], parts[1], parts[2]) if len(parts) == 3 else ("", "", str(key))
@@ -388,7 +408,7 @@ def write_report(
     for r in runs:
         for note in r.get("notes") or []:
             body.append(f'<p class="note">{_e(r["label"])}: {_e(note)}</p>')
-    for section in SECTIONS:
+    for section in analysis.get("sections", SECTIONS):
         body.append(f'<h2 id="{section}">{_e(_TITLES[section])}</h2>{_defs(section)}')
         for r in runs:
             body.append(f"<h3>{_e(r['label'])} ({_e(r.get('method', '?'))})</h3>")
@@ -405,6 +425,8 @@ def write_report(
             for key in compared:
                 body.append(_img(figs[key], _split_key(key)[2]))
                 used.add(key)
+    if any(r.get("spectral") for r in runs):
+        body.append(_spectral_section(runs, figs, used))
     rest = [k for k in figs if k not in used]
     if rest:
         body.append("<h2>Other figures</h2>" + "".join(_img(figs[k], k) for k in rest))

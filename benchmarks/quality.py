@@ -11,9 +11,10 @@ active parameters per token are closest to MoE-LoRA's (``_lm.match_model_budgets
 the frozen model (reference row, one cell).
 
 Data (``_quality_data.real_parts``): the quick start's mix (ARC-Easy, BoolQ, PIQA, reasoning-gym
-math) plus ARC-Challenge for training; per task a **test** part (ARC-Easy/BoolQ/PIQA 500 items
-each, GSM8K ``--gsm8k-items``), a disjoint **val** part for the learning-rate sweep, and training
-items from the rest; everything checked disjoint. Zero-shot ``Question: ...\\nAnswer:`` prompts.
+math) plus ARC-Challenge for training; per task a **test** part (ARC-Easy/BoolQ/PIQA
+``--test-items`` each, GSM8K ``--gsm8k-items``), a disjoint **val** part for the learning-rate
+sweep, and training items from the rest; everything checked disjoint. Zero-shot
+``Question: ...\\nAnswer:`` prompts.
 
 Protocol: every method gets the same data order (the mixture seed = the cell's seed), the same
 steps, and the same learning-rate sweep (``--lrs``, seed 0, picked by the mean over tasks of the
@@ -28,8 +29,22 @@ directory (``--runs-dir``/<method>/seed<k> or .../sweep-lr<lr>, gitignored) and 
 atomically and last: a cell whose JSON exists is skipped, so the benchmark resumes after an
 interruption and runs in parts (``--only frame`` or ``--only frame/1``; ``--list`` shows the plan).
 
-Budget (measured on this machine, 2 cores, one cell at a time at OMP_NUM_THREADS=1; the numbers
-are in docs/benchmark.md and the smoke run's cell JSON): see ``plan_seconds`` and ``--list``.
+Budget. Measured on this machine (Xeon, 2 cores shared with other jobs; one process at
+OMP_NUM_THREADS=1; MoE-LoRA E = 8 on the 7 Linears, batch 4, max_length 256; smoke cells
+``--steps 8 --test-items 16 --gsm8k-items 4``): training ~6 s per step (8 steps: 48 s with
+setup, ~270 tokens per step), evaluation ~0.55 s per multiple-choice item (BoolQ's passages
+dominate) and ~2 s per GSM8K item (answer NLL + greedy generation), peak RSS ~4.9 GB per trained
+cell. With those numbers (``SECONDS``, printed by ``--list`` as ``estimate_seconds``):
+
+* default plan: 6 methods, 2 learning rates, 40 steps, 32 val items per task, 150 test items
+  per multiple-choice task, 30 GSM8K items, 3 seeds:
+  sweep 12 × (40·6 + 10 + 32·(3·0.55 + 0.3)) ≈ 12 × 313 s; test 18 × (250 + 450·0.55 + 30·2)
+  ≈ 18 × 558 s; base ≈ 308 s; in all ≈ 14 100 s of one core, i.e. **≈ 2 h wall with two
+  processes in parallel** (``--only`` with disjoint method lists, e.g. ``--only
+  base,lora,moe-lora,moe-lora-2r`` and ``--only frame,frame-fixed,fouriermoe``);
+* the issue's ≥ 500 items per multiple-choice task (``--test-items 500 --gsm8k-items 100``):
+  test cells ≈ 250 + 825 + 200 ≈ 1 275 s each, ≈ 28 000 s of one core, ≈ 4 h wall on two
+  cores: it does not fit 2 h here; run it in parts (cells resume) or on a bigger machine.
 
 Usage::
 
@@ -228,6 +243,24 @@ def cell_path(args, method: str, seed: int) -> Path:
     return args.out_dir / "cells" / f"{method}-seed{seed}.json"
 
 
+#: Measured per-unit costs (module docstring), seconds of one core.
+SECONDS = {"step": 6.0, "setup": 10.0, "mc_item": 0.55, "gsm8k_item": 2.0, "nll_item": 0.3}
+
+
+def estimate_seconds(args, cells: list) -> float:
+    """One-core seconds of ``cells`` by :data:`SECONDS` (the docstring's arithmetic)."""
+    c, total = SECONDS, 0.0
+    n_mc = len(MC_TASKS)
+    for kind, method, *_ in cells:
+        train = 0.0 if method == "base" else args.steps * c["step"] + c["setup"]
+        if kind == "sweep":
+            total += train + args.val_items * (n_mc * c["mc_item"] + c["nll_item"])
+        else:
+            n = args.test_items * n_mc * c["mc_item"] + args.gsm8k_items * c["gsm8k_item"]
+            total += train + n
+    return total
+
+
 def plan(args) -> list[tuple[str, str, int, float | None, Path]]:
     """Every cell in run order: ``(kind, method, seed, lr, json path)``; sweep cells first."""
     cells: list[tuple[str, str, int, float | None, Path]] = []
@@ -239,9 +272,12 @@ def plan(args) -> list[tuple[str, str, int, float | None, Path]]:
         cells += [("test", m, seed, None, cell_path(args, m, seed)) for m in args.methods
                   if m != "base"]  # fmt: skip
     if args.only:
-        name, _, seed = args.only.partition("/")
-        cells = [c for c in cells if c[1] == name and (not seed or c[0] == "sweep"
-                                                       or c[2] == int(seed))]  # fmt: skip
+        keep = []
+        for item in args.only.split(","):
+            name, _, seed = item.partition("/")
+            keep += [c for c in cells if c[1] == name and (not seed or c[0] == "sweep"
+                                                           or c[2] == int(seed))]  # fmt: skip
+        cells = [c for c in cells if c in keep]
     return cells
 
 
@@ -301,12 +337,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(CORE),
                    help=f"comma list of {CORE + OPTIONAL}")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lrs", default="5e-4,1e-3,2e-3")
-    p.add_argument("--test-items", type=int, default=500, help="per multiple-choice task")
-    p.add_argument("--gsm8k-items", type=int, default=100)
-    p.add_argument("--val-items", type=int, default=48, help="per task, for the lr sweep")
+    p.add_argument("--lrs", default="1e-3,3e-3")
+    p.add_argument("--test-items", type=int, default=150, help="per multiple-choice task")
+    p.add_argument("--gsm8k-items", type=int, default=30)
+    p.add_argument("--val-items", type=int, default=32, help="per task, for the lr sweep")
     p.add_argument("--train-items", type=int, default=0, help="per MC task (0: all the rest)")
     p.add_argument("--math-train", type=int, default=400)
     p.add_argument("--max-length", type=int, default=256)
@@ -315,7 +351,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
-    p.add_argument("--only", default="", help="METHOD or METHOD/SEED")
+    p.add_argument("--only", default="", help="comma list of METHOD or METHOD/SEED")
     p.add_argument("--list", action="store_true", help="show the plan and which cells are done")
     p.add_argument("--quick", action="store_true", help="tiny random model, synthetic items")
     args = p.parse_args(argv)
@@ -328,8 +364,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             p.error("--quick writes test numbers: give --out-dir and --runs-dir (a temp dir)")
         args.steps, args.eval_batch, args.max_new_tokens = min(args.steps, 6), 4, 6
     args.lrs = [float(v) for v in args.lrs.split(",") if v]
-    if args.only and args.only.partition("/")[0] not in [*args.methods, "base"]:
-        p.error(f"--only {args.only}: {args.only.partition('/')[0]} is not among --methods")
+    for item in (i for i in args.only.split(",") if i):
+        name, _, seed = item.partition("/")
+        if name not in [*args.methods, "base"] or (seed and not seed.isdigit()):
+            p.error(f"--only {item}: give METHOD or METHOD/SEED with METHOD among --methods")
     args.sizes = {"test": {**{t: args.test_items for t in MC_TASKS}, "gsm8k": args.gsm8k_items},
                   "val": args.val_items, "train": args.train_items,
                   "math_train": args.math_train}  # fmt: skip
@@ -343,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         for kind, method, seed, lr, path in plan(args):
             state = "done" if path.exists() else "todo"
             print(f"{state}  {kind:5}  {method:12} seed {seed}  lr {lr}  {path}")
+        todo = [c for c in plan(args) if not c[4].exists()]
+        print(
+            f"estimate_seconds (one core, by SECONDS): all {estimate_seconds(args, plan(args)):.0f}"
+            f", still to run {estimate_seconds(args, todo):.0f}"
+        )
         return 0
     parts = quick_parts() if args.quick else real_parts(args.sizes)
     with torch.device("cpu"):

@@ -85,8 +85,9 @@ def test_complete_cells_are_skipped_and_a_missing_one_is_redone(done, capsys):
     victim.unlink()
     assert quality.main(_argv(done, "--list")) == 0
     listing = capsys.readouterr().out
-    assert "todo  test   moe-lora     seed 1" in listing and listing.count("todo") == 1
-    assert quality.main(_argv(done, "--only", "moe-lora/1")) == 0
+    assert "todo  test   moe-lora     seed 1" in listing and listing.count("todo  ") == 1
+    assert "estimate_seconds" in listing
+    assert quality.main(_argv(done, "--only", "moe-lora/1,lora")) == 0
     printed = capsys.readouterr().out
     assert "moe-lora-seed1.json: done" in printed
     assert victim.exists()
@@ -126,6 +127,8 @@ def test_mc_answer_nll_equals_scoring_the_gold_choice():
         mc_answer_nll(tok, items[:2], mc.predictions)
 
 
-def test_quick_refuses_to_write_into_the_results_folder():
+def test_quick_refuses_to_write_into_the_results_folder(tmp_path):
     with pytest.raises(SystemExit):
         quality.main(["--quick"])
+    with pytest.raises(SystemExit):  # --only names a method that is not benchmarked
+        quality.main(_argv(tmp_path, "--only", "dora"))

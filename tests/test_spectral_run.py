@@ -16,6 +16,7 @@ from _models import VOCAB, tiny_llama
 from _runs import tiny_recipe, train_tiny_run
 from frame_peft.analysis.cli import add_analyze_parser, run_analyze
 from frame_peft.analysis.spectral import band_profile, module_updates
+from frame_peft.analysis.spectral_compact import compactness_curve, whitened_module_targets
 from frame_peft.analysis.spectral_routing import BandRoutingRecorder, expert_band_coverage
 from frame_peft.analysis.spectral_run import spectral_analysis
 from test_analysis_report import _chromium, _render
@@ -147,3 +148,22 @@ def test_analyze_spectral_cli_writes_a_report(fourier_run, tmp_path):
         assert _render(browser, html, tmp_path) == ("loaded", images)
     bad = parser.parse_args(["analyze", str(fourier_run), "--spectral", "--bands", "1"])
     assert run_analyze(bad) == 2
+
+
+def test_whitened_targets_are_the_order_scans_and_feed_the_curve():
+    """The first-scan targets of a 1-expert FRAME adapter: one per module, recorded with the
+    adapters off (so the model's outputs and gradients are left as they were)."""
+    model = fp.inject(tiny_llama(), fp.FrameConfig(target_modules=["q_proj"], num_experts=1,
+                                                   top_k=1, rank=2))  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, VOCAB, (2, 9), generator=g)
+    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}]
+    targets = whitened_module_targets(model, batches, tokens_per_batch=16)
+    names = set(fp.core.inject.require_injection(model).layers)
+    assert set(targets) == names
+    assert all(p.grad is None for p in model.parameters())
+    for ts in targets.values():
+        assert len(ts) == 1 and ts[0].tokens == 16 and ts[0].energy > 0
+        c = compactness_curve(ts[0], 2, points=4)
+        assert c["fitted"][0] == pytest.approx(c["lora_r"], abs=1e-6)
+        assert min(c["fitted"]) >= 0.0 and max(c["fitted"]) <= c["sketch_energy"] + 1e-9

@@ -292,7 +292,10 @@ def render(res: dict, spectra: dict, cells: list[dict]) -> str:
         f"layer. Bands: FourierMoE's rings (`frequency_rings`), B = {st['bands']}; a band "
         "profile is the share of ‖ΔW‖² in each ring (flat = 1/B). Module update: LoRA's ΔW, "
         "FourierMoE's Σ_e ΔW_e (every expert at gate 1). Distances: total variation between "
-        "profiles; tests: label permutations (docs/analysis.md, 'Spectral analysis').", "",
+        "profiles; tests: label permutations (docs/analysis.md, 'Spectral analysis'). Caveat: "
+        "with B = E = 8 FourierMoE's expert e owns band e, so its band profile is how much each "
+        "expert grew, which also follows the routing load; LoRA's updates are unconstrained in "
+        "frequency and are the cleaner probe of the claim.", "",
         "## Claims and verdicts", "",
     ]  # fmt: skip
     tests = res["tests"]

@@ -19,7 +19,9 @@ the frequency plane and whose router reads the tokens' band energies):
 
 If routing ignored the bands, the rows of ``band_expert`` would equal the overall load and every
 ``expert_band`` row would equal the overall mean profile; ``mutual_information`` (nats, between
-dominant band and expert slot) summarises the departure (0 = independent).
+dominant band and expert slot) summarises the departure (0 = independent; with N routed slots
+the plug-in estimate of independent variables is still about (B−1)(E−1)/(2N),
+``mutual_information_bias``).
 """
 
 from __future__ import annotations
@@ -176,6 +178,11 @@ class BandRoutingRecorder:
                 "band_tokens": s["band_tokens"].tolist(),
                 "tokens": s["tokens"],
                 "mutual_information": mi,
+                # what independent band and expert would still show with this many slots
+                # (Miller–Madow: the plug-in estimate is biased upward by (B−1)(E−1)/(2N))
+                "mutual_information_bias": (be.shape[0] - 1)
+                * (be.shape[1] - 1)
+                / (2 * max(total, 1.0)),
                 "task_share": {
                     self._task(t): (v / max(n, 1)).tolist()
                     for t, (v, n) in sorted(s["tasks"].items())

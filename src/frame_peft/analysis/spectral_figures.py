@@ -26,23 +26,25 @@ __all__ = [
 def band_heatmap_figure(
     panels: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = ""
 ) -> Path:
-    """One layer × band heat map of band shares per panel (``{title: by_kind entry}``: its
-    ``layers`` and ``profiles``); one shared colour scale from 0 to the largest share."""
+    """One layer × band heat map per panel (``{title: by_kind entry}``: its ``layers`` and
+    ``profiles``) of B · p_b, the band share relative to a flat profile (1 = what a random
+    matrix gives): red above, blue below, one colour scale symmetric about 1 for all panels."""
     plt = pyplot()
     items = [(k, v) for k, v in panels.items() if v.get("profiles")]
     if not items:
         raise ValueError("no band profile to draw")
-    vmax = max(max(max(r) for r in v["profiles"]) for _, v in items)
+    rel = {k: [[len(r) * x for x in r] for r in v["profiles"]] for k, v in items}
+    dev = max(abs(x - 1.0) for m in rel.values() for r in m for x in r) or 0.1
     fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items) + 1.2, 4.2), squeeze=False,
                              layout="constrained")  # fmt: skip
     image = None
     for ax, (name, v) in zip(axes[0], items, strict=True):
         bands = len(v["profiles"][0])
-        image = heatmap(ax, v["profiles"], xlabels=[str(b) for b in range(bands)],
+        image = heatmap(ax, rel[name], xlabels=[str(b) for b in range(bands)],
                         ylabels=[str(x) for x in v["layers"]], xlabel="band (low → high)",
-                        ylabel="layer", title=name, vmin=0.0, vmax=vmax, colorbar=False,
-                        annotate=False)  # fmt: skip
-    fig.colorbar(image, ax=list(axes[0]), label="share of update energy")
+                        ylabel="layer", title=name, vmin=1.0 - dev, vmax=1.0 + dev,
+                        cmap="RdBu_r", colorbar=False, annotate=False)  # fmt: skip
+    fig.colorbar(image, ax=list(axes[0]), label="B × band share (1 = flat, as random)")
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)

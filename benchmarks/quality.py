@@ -96,27 +96,47 @@ def method_config(name: str, model: torch.nn.Module, knobs: dict[str, int | None
         return fp.FrameConfig(**common, **BUDGET)
     if name == "frame-fixed":
         return fp.FrameConfig(**common, **BUDGET, order_mode="fixed")
+    import dataclasses
+
     from _lm import method_config as lm_config
 
-    return lm_config(name, knobs[name])
+    config = lm_config(name, knobs[name])  # the e2e benchmark's matched knob, dropout 0 there
+    if isinstance(config, fp.AdapterConfig) and hasattr(config, "dropout"):
+        config = dataclasses.replace(config, dropout=common["dropout"])
+    elif config is not None and "lora_dropout" in config.kwargs:  # PEFT LoRA / DoRA
+        config = dataclasses.replace(config, kwargs={**config.kwargs, "lora_dropout": 0.05})
+    return config
 
 
 def knobs_for(model: torch.nn.Module, methods: list[str]) -> dict[str, int | None]:
-    """Budget knobs of the matched methods (``_lm.match_model_budgets``; E = 8, k = 2, r = 4)."""
+    """Budget knobs of the matched methods: the knob whose whole-model active parameters per
+    token (meta-device count) are closest to MoE-LoRA's E = 8, k = 2, r = 4 (``_lm``)."""
     matched = [m for m in methods if m in ("fouriermoe", *OPTIONAL)]
     if not matched:
         return {}
-    from _lm import match_model_budgets
+    from _layer_methods import METHODS, closest_knob
+    from _lm import linear_shapes, match_model_budgets, meta_active
+    from _lm import method_config as lm_config
 
-    return match_model_budgets(model, matched)[0]
+    knobs, target = match_model_budgets(model, matched)
+    shapes = linear_shapes(model)
+    for name in matched:
+        spec = METHODS[name]
+        if knobs.get(name) is None and spec.knob is not None:
+            hi = min(spec.limit(i, o) for i, o in shapes) if spec.limit else None
+
+            def count(v: int, name: str = name) -> int:
+                return meta_active(model.config, lm_config(name, v))
+
+            knobs[name] = closest_knob(count, target, hi=hi)
+    return knobs
 
 
 def adapt(model: torch.nn.Module, config) -> torch.nn.Module:
-    if config is None:
-        return model
-    if isinstance(config, fp.AdapterConfig):
-        return fp.inject(model, config)
-    return fp.peft_baseline(model, config)
+    """``model`` with ``config``'s adapter (``_layer_methods.adapt``: inject or PEFT baseline)."""
+    from _layer_methods import adapt as adapt_layer
+
+    return adapt_layer(model, config)
 
 
 # evaluation --------------------------------------------------------------------------------------

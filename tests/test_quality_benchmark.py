@@ -132,3 +132,15 @@ def test_quick_refuses_to_write_into_the_results_folder(tmp_path):
         quality.main(["--quick"])
     with pytest.raises(SystemExit):  # --only names a method that is not benchmarked
         quality.main(_argv(tmp_path, "--only", "dora"))
+
+
+def test_matched_and_peft_baselines_run_in_the_pipeline(tmp_path):
+    argv = ["--quick", "--out-dir", str(tmp_path / "q"), "--runs-dir", str(tmp_path / "runs"),
+            "--methods", "moe-lora,fouriermoe,hydralora,peft_dora", "--seeds", "1",
+            "--lrs", "1e-3"]  # fmt: skip
+    assert quality.main(argv) == 0
+    res = json.loads((tmp_path / "q.json").read_text())["aggregate"]["methods"]
+    target = res["moe-lora"]["parameters"]["active_per_token"]
+    for m in ("hydralora", "peft_dora"):  # matched to MoE-LoRA's active count (within 10 %)
+        assert abs(res[m]["parameters"]["active_per_token"] - target) <= 0.1 * target
+    assert "dropout=0.05" in res["peft_dora"]["parameters"]["config"]

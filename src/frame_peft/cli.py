@@ -35,6 +35,32 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="run directory (default: runs/<recipe>/<method>)")
 
 
+def _dry_run_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dry run (docs/recipes.md: no weights, no GPU, no network)")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the model on the meta device, inject the method(s), print parameters, "
+        "memory per GPU and step FLOPs, check the data and eval settings; then exit without "
+        "training (status 1 if something would fail or not fit)",
+    )
+    g.add_argument("--nproc", type=int, default=1, help="GPUs (processes) to plan for (default 1)")
+    g.add_argument(
+        "--gpu-memory-gb", type=float, default=80.0, help="memory per GPU in GiB (default 80)"
+    )
+    g.add_argument("--json", action="store_true", help="print the dry run as JSON")
+
+
+def _dry_run(args: argparse.Namespace, recipe, methods: list[str]) -> int:
+    import json
+
+    from .recipes.dry_run import dry_run
+
+    report = dry_run(recipe, methods, nproc=args.nproc, gpu_memory_gb=args.gpu_memory_gb)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return 0 if report.ok else 1
+
+
 def _train(args: argparse.Namespace) -> int:
     from .pipeline import train_recipe
     from .recipes import load_recipe
@@ -42,6 +68,8 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = [*args.overrides, *([f"method={args.method}"] if args.method else [])]
     recipe = load_recipe(args.recipe, overrides)
+    if args.dry_run:
+        return _dry_run(args, recipe, [recipe.method])
     try:
         train_recipe(
             recipe, output_dir=args.output_dir, evaluate_after=not args.no_eval,
@@ -87,6 +115,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     methods = args.methods.split(",") if args.methods else None
+    if args.dry_run:
+        return _dry_run(args, recipe, methods or [m for m in recipe.compare if m != "base"])
     compare_recipe(recipe, methods=methods, output_dir=args.output_dir)
     return 0
 
@@ -170,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the folder holds files frame-peft did not write); without it, train resumes its own "
         "run and refuses another recipe's data or adapter",
     )
+    _dry_run_args(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -214,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recipe_args(p)
     p.add_argument("--methods", help="comma-separated methods (default: the recipe's compare list)")
+    _dry_run_args(p)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser(

@@ -289,8 +289,9 @@ def render(res: dict, spectra: dict, cells: list[dict]) -> str:
         f"Command: `{res['command']}`" + (" (quick: tiny random Llama)" if st["quick"] else ""),
         "", f"Machine: {res['machine'].get('cpu', '?')}; analysis {res['seconds_analysis']} s.", "",
         f"Setup: single-task runs (one run per task and seed: the clean way to separate per-task "
-        f"updates) of {', '.join(st['methods'])} on {', '.join(st['tasks'])}, {st['seeds']} "
-        f"seeds, {st['steps']} steps of 4 items, adapters on {', '.join(st['targets'])} of every "
+        f"updates) of {', '.join(st['methods'])} on {', '.join(st['tasks'])}, seeds "
+        f"{', '.join(f'{m}: {n}' for m, n in st['seeds'].items())}, {st['steps']} steps of 4 "
+        f"items, adapters on {', '.join(st['targets'])} of every "
         f"layer. Bands: FourierMoE's rings (`frequency_rings`), B = {st['bands']}; a band "
         "profile is the share of ‖ΔW‖² in each ring (flat = 1/B). Module update: LoRA's ΔW, "
         "FourierMoE's Σ_e ΔW_e (every expert at gate 1). Distances: total variation between "
@@ -399,7 +400,7 @@ def build_results(cells: list[dict], tasks, methods, args, cmd: str) -> tuple[st
         null = next(iter(spectra[cells[0]["dir"]]["profiles"]["nulls"].values()))
         figs[f"bands_{method}"] = band_heatmap_figure(
             panels, fig_dir / f"{stem}_bands_{method}.png",
-            f"{method}: update energy by band, mean of {args.seeds} seeds",
+            f"{method}: update energy by band, mean of {args.per_method[method]} seeds",
         ).name  # fmt: skip
         figs[f"centroid_{method}"] = centroid_figure(
             lines, null, fig_dir / f"{stem}_centroid_{method}.png",
@@ -425,7 +426,7 @@ def build_results(cells: list[dict], tasks, methods, args, cmd: str) -> tuple[st
             ).name  # fmt: skip
             routing[c["task"]] = _routing_summary(spec["band_routing"])
     res = {"command": cmd, "machine": machine_info(), "settings": {
-        "methods": methods, "tasks": tasks, "seeds": args.seeds, "steps": args.steps,
+        "methods": methods, "tasks": tasks, "seeds": args.per_method, "steps": args.steps,
         "targets": args.targets, "bands": args.bands, "quick": args.quick},
         "cells": [{k: v for k, v in c.items() if k != "dir"} for c in cells],
         "summary": {c["dir"].rsplit("/", 1)[-1]: spectra[c["dir"]]["profiles"]["summary"]
@@ -440,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--method-seeds", default="", help="per-method seed counts, e.g. lora=5 (else --seeds)"
+    )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--targets", default="q_proj,v_proj")
     parser.add_argument("--bands", type=int, default=8)
@@ -460,9 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     cells_dir = args.work_dir / "cells"
     cells = []
-    for seed in range(args.seeds):
+    per_method = {m: args.seeds for m in methods}
+    for item in filter(None, args.method_seeds.split(",")):
+        name, _, count = item.partition("=")
+        if name not in per_method or not count.isdigit():
+            parser.error(f"--method-seeds takes method=count for {methods}, got {item!r}")
+        per_method[name] = int(count)
+    args.per_method = per_method
+    for seed in range(max(per_method.values())):
         for task in tasks:
-            for method in methods:
+            for method in [m for m in methods if seed < per_method[m]]:
                 cell_dir = cells_dir / f"{method}-{task}-seed{seed}"
                 done = cell_dir / "cell.json"
                 if done.exists():

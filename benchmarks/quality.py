@@ -236,6 +236,7 @@ def run_cell(method: str, seed: int, lr: float, parts: Parts, args, run_dir: Pat
                  "train_tokens": tokens,
                  "tokens_per_second": round(tokens / train_s, 1) if train_s else 0.0,
                  "peak_rss_mb": round(peak_rss_mb(), 1)},
+        "settings": settings(args),
         "tasks": tasks,
     }  # fmt: skip
 
@@ -317,9 +318,26 @@ def chosen_lr(args, method: str) -> float:
     return min(scores, key=lambda lr: (scores[lr], lr))
 
 
+def settings(args) -> dict[str, Any]:
+    """What makes cells comparable: a cell made with other settings is never mixed in."""
+    keys = ("quick", "steps", "batch", "lrs", "sizes", "max_length", "max_new_tokens")
+    return {k: getattr(args, k) for k in keys}
+
+
+def check_settings(args, path: Path) -> None:
+    """Raise if the finished cell at ``path`` was made with other settings than ``args``'."""
+    theirs = json.loads(path.read_text()).get("settings")
+    if theirs != json.loads(json.dumps(settings(args))):
+        raise SystemExit(
+            f"{path} was made with other settings ({theirs}) than this run's "
+            f"({settings(args)}); give another --out-dir (and --runs-dir), or the same settings"
+        )
+
+
 def run_plan(args, parts: Parts) -> None:
     for kind, method, seed, lr, path in plan(args):
         if path.exists():
+            check_settings(args, path)
             print(f"[quality] {path.name}: complete, skipped")
             continue
         lr = lr if kind == "sweep" else chosen_lr(args, method) if method != "base" else 0.0
@@ -337,6 +355,8 @@ def report(args, cmd: str, model_desc: str, parts: Parts) -> str | None:
     cells = [json.loads(p.read_text()) for p in sorted((args.out_dir / "cells").glob("*.json"))]
     if not cells:
         return None
+    for path in sorted((args.out_dir / "cells").glob("*.json")):
+        check_settings(args, path)
     order = ["base", *CORE, *OPTIONAL]
     cells.sort(key=lambda c: (order.index(c["method"]), c["seed"]))
     agg = aggregate(cells, n_boot=args.n_boot)

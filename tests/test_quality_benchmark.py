@@ -144,3 +144,8 @@ def test_matched_and_peft_baselines_run_in_the_pipeline(tmp_path):
     for m in ("hydralora", "peft_dora"):  # matched to MoE-LoRA's active count (within 10 %)
         assert abs(res[m]["parameters"]["active_per_token"] - target) <= 0.1 * target
     assert "dropout=0.05" in res["peft_dora"]["parameters"]["config"]
+
+
+def test_cells_made_with_other_settings_are_refused_not_mixed(done, capsys):
+    with pytest.raises(SystemExit, match="other settings"):
+        quality.main(_argv(done, "--steps", "3"))

@@ -288,6 +288,15 @@ def test_edited_config_is_refused_by_every_loader(saved, edit, message, monkeypa
         peft.PeftModel.from_pretrained(MODELS["llama"](), path)
 
 
+def test_a_newer_format_is_refused_by_peft_too(saved):
+    path, _ = saved
+    _edit(path, lambda m: m["frame_peft"].update(format_version=3))
+    with pytest.raises(ValueError, match="format_version 3"):
+        peft.PeftModel.from_pretrained(MODELS["llama"](), path)
+    with pytest.raises(ValueError, match="format_version 3"):
+        fp.load_adapter(MODELS["llama"](), path)
+
+
 def test_a_deleted_block_is_refused(saved):
     path, _ = saved
     _edit(path, lambda m: m.pop("frame_peft"))

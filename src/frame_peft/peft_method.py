@@ -114,7 +114,12 @@ if _SUPPORTED:
                     "FramePeftConfig needs frame_peft={'config': <AdapterConfig.to_dict()>}; "
                     "build it with frame_peft.to_peft_config(FrameConfig(...))"
                 )
-            self.frame_peft.setdefault("format_version", FORMAT_VERSION)
+            version = self.frame_peft.setdefault("format_version", FORMAT_VERSION)
+            if version != FORMAT_VERSION:
+                raise ValueError(
+                    f"this frame-peft adapter has format_version {version!r}; this version "
+                    f"reads {FORMAT_VERSION}. Upgrade frame-peft to load it"
+                )
             self.adapter_config()  # validate now: a bad config fails here, not in the tuner
 
         def adapter_config(self) -> AdapterConfig:

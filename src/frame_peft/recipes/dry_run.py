@@ -32,6 +32,7 @@ from .estimate import (
     AdaptedModule,
     ModelShape,
     estimate_memory,
+    eval_logits_bytes,
     kv_cache_bytes,
     step_flops,
 )
@@ -305,8 +306,11 @@ def _estimate(recipe: Recipe, method: str, config: Any, shape: ModelShape, *, mo
     flops = step_flops(shape, linear_params=f.linear, active_params=f.counts["active_per_token"],
                        tokens=b * s * accum, seq_len=s, gradient_checkpointing=gc)  # fmt: skip
     # Rank 0 evaluates after training; with several processes it reloads the full (unsharded)
-    # model while the Trainer still holds its own (pipeline/run.py), plus the KV cache.
-    kv = kv_cache_bytes(shape, recipe.eval.batch_size, s + recipe.eval.max_new_tokens, act_bytes)
+    # model while the Trainer still holds its own (pipeline/run.py), plus the larger of the
+    # generation KV cache and the multiple-choice logits of one eval batch.
+    width, eval_b = s + recipe.eval.max_new_tokens, recipe.eval.batch_size
+    kv = max(kv_cache_bytes(shape, eval_b, width, act_bytes),
+             eval_logits_bytes(shape, eval_b, width, act_bytes))  # fmt: skip
     static = mem.weights + mem.fsdp_gather + mem.adapter + mem.grads + mem.optimizer
     static += mem.ddp_buckets + mem.cuda_context
     reload = f.frozen_full + f.trainable if nproc > 1 else 0.0

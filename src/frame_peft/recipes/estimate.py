@@ -63,6 +63,7 @@ __all__ = [
     "ModelShape",
     "activation_elements_per_layer",
     "estimate_memory",
+    "eval_logits_bytes",
     "kv_cache_bytes",
     "step_flops",
 ]
@@ -240,3 +241,9 @@ def step_flops(
 def kv_cache_bytes(shape: ModelShape, batch: int, positions: int, act_bytes: int) -> float:
     """Generation's key/value cache: ``2 · L · kv · batch · positions · a`` bytes."""
     return 2.0 * shape.layers * shape.kv * batch * positions * act_bytes
+
+
+def eval_logits_bytes(shape: ModelShape, batch: int, positions: int, act_bytes: int) -> float:
+    """Multiple-choice scoring's logits, every position of a batch: ``batch · positions · V · a``
+    (``evaluation/multiple_choice.py`` takes the log-softmax of the answer span only)."""
+    return float(batch) * positions * shape.vocab * act_bytes

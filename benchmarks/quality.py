@@ -30,21 +30,22 @@ atomically and last: a cell whose JSON exists is skipped, so the benchmark resum
 interruption and runs in parts (``--only frame`` or ``--only frame/1``; ``--list`` shows the plan).
 
 Budget. Measured on this machine (Xeon, 2 cores shared with other jobs; one process at
-OMP_NUM_THREADS=1; MoE-LoRA E = 8 on the 7 Linears, batch 4, max_length 256; smoke cells
-``--steps 8 --test-items 16 --gsm8k-items 4``): training ~6 s per step (8 steps: 48 s with
-setup, ~270 tokens per step), evaluation ~0.55 s per multiple-choice item (BoolQ's passages
-dominate) and ~2 s per GSM8K item (answer NLL + greedy generation), peak RSS ~4.9 GB per trained
-cell. With those numbers (``SECONDS``, printed by ``--list`` as ``estimate_seconds``):
+OMP_NUM_THREADS=1; E = 8 on the 7 Linears, batch 4, max_length 256; smoke cells ``--steps 8
+--test-items 16 --gsm8k-items 4`` and ``--steps 2 --test-items 4``): training ~6 s per step for
+MoE-LoRA and FRAME (~270 tokens per step), ~16 s for FourierMoE; evaluation ~0.55 s per
+multiple-choice item (BoolQ's passages dominate) and ~2 s per GSM8K item (answer NLL + greedy
+generation); peak RSS 3.6-4.9 GB per trained cell. With those numbers (``SECONDS``,
+``STEP_FACTOR``; ``--list`` prints ``estimate_seconds`` for any settings):
 
-* default plan: 6 methods, 2 learning rates, 40 steps, 32 val items per task, 150 test items
-  per multiple-choice task, 30 GSM8K items, 3 seeds:
-  sweep 12 × (40·6 + 10 + 32·(3·0.55 + 0.3)) ≈ 12 × 313 s; test 18 × (250 + 450·0.55 + 30·2)
-  ≈ 18 × 558 s; base ≈ 308 s; in all ≈ 14 100 s of one core, i.e. **≈ 2 h wall with two
-  processes in parallel** (``--only`` with disjoint method lists, e.g. ``--only
-  base,lora,moe-lora,moe-lora-2r`` and ``--only frame,frame-fixed,fouriermoe``);
+* default plan: 6 methods, 2 learning rates, 32 steps, 32 val items per task, 128 test items
+  per multiple-choice task, 30 GSM8K items, 3 seeds: sweep 12 × (32·6 + 10 + 32·(3·0.55 +
+  0.3)) ≈ 12 × 264 s + FourierMoE's slower steps 650 s ≈ 3 820 s; test 18 × (202 + 384·0.55 +
+  30·2) ≈ 18 × 473 s + 980 s ≈ 9 500 s; base ≈ 270 s; in all ≈ 13 600 s of one core, i.e.
+  **≈ 1.9 h wall with two processes in parallel** (``--only`` with disjoint method lists, e.g.
+  ``--only base,lora,moe-lora,moe-lora-2r`` and ``--only frame,frame-fixed,fouriermoe``);
 * the issue's ≥ 500 items per multiple-choice task (``--test-items 500 --gsm8k-items 100``):
-  test cells ≈ 250 + 825 + 200 ≈ 1 275 s each, ≈ 28 000 s of one core, ≈ 4 h wall on two
-  cores: it does not fit 2 h here; run it in parts (cells resume) or on a bigger machine.
+  ≈ 27 900 one-core seconds, ≈ 3.9 h on two cores, and with 150 steps and 3 learning rates
+  ≈ 62 500 s (≈ 8.7 h): neither fits 2 h here; run them in parts (cells resume).
 
 Usage::
 
@@ -266,6 +267,8 @@ def cell_path(args, method: str, seed: int) -> Path:
 
 #: Measured per-unit costs (module docstring), seconds of one core.
 SECONDS = {"step": 6.0, "setup": 10.0, "mc_item": 0.55, "gsm8k_item": 2.0, "nll_item": 0.3}
+#: Step cost relative to MoE-LoRA's where a smoke cell measured it (FourierMoE: 16 s per step).
+STEP_FACTOR = {"fouriermoe": 2.7}
 
 
 def estimate_seconds(args, cells: list) -> float:
@@ -273,7 +276,8 @@ def estimate_seconds(args, cells: list) -> float:
     c, total = SECONDS, 0.0
     n_mc = len(MC_TASKS)
     for kind, method, *_ in cells:
-        train = 0.0 if method == "base" else args.steps * c["step"] + c["setup"]
+        step = c["step"] * STEP_FACTOR.get(method, 1.0)
+        train = 0.0 if method == "base" else args.steps * step + c["setup"]
         if kind == "sweep":
             total += train + args.val_items * (n_mc * c["mc_item"] + c["nll_item"])
         else:
@@ -377,10 +381,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(CORE),
                    help=f"comma list of {CORE + OPTIONAL}")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=32)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lrs", default="1e-3,3e-3")
-    p.add_argument("--test-items", type=int, default=150, help="per multiple-choice task")
+    p.add_argument("--test-items", type=int, default=128, help="per multiple-choice task")
     p.add_argument("--gsm8k-items", type=int, default=30)
     p.add_argument("--val-items", type=int, default=32, help="per task, for the lr sweep")
     p.add_argument("--train-items", type=int, default=0, help="per MC task (0: all the rest)")

@@ -213,6 +213,15 @@ def test_unknown_model_and_bad_arguments_fail_clearly(tmp_path):
         dry_run(recipe, ["lora"], gpu_memory_gb=-1)
     with pytest.raises(RecipeError, match="base model is not trained"):
         dry_run(recipe, ["base"])
+    with pytest.raises(RecipeError, match="unknown method 'lorra'"):
+        dry_run(recipe, ["lorra"])
+
+
+def test_four_bit_weights_counted_at_nf4_size(tmp_path):
+    report = dry_run(tiny_recipe(tmp_path, model={"load_in_4bit": True}), ["lora"])
+    # decoder linear weights 2 × 9216 at 0.5625 B; embeddings, norms and the head in float32
+    assert report.methods[0].memory["weights"] == 18432 * 0.5625 + (2048 + 160 + 2048) * 4
+    assert "4-bit" in report.format()
 
 
 def test_cli_dry_run_exits_without_training(tmp_path, capsys, monkeypatch):

@@ -38,7 +38,7 @@ from .estimate import (
 )
 from .meta_model import build_meta_model, fast_meta_draws, resolve_model_config
 from .model_prep import attach_adapter
-from .schema import BASELINE, Recipe, RecipeError
+from .schema import BASELINE, Recipe, RecipeError, all_method_names
 
 __all__ = ["DryRunReport", "Finding", "MethodEstimate", "dry_run", "recipe_methods"]
 
@@ -196,6 +196,10 @@ def dry_run(
     methods = recipe_methods(recipe) if methods is None else list(methods)
     if BASELINE in methods:
         raise RecipeError("the base model is not trained; dry-run a method instead")
+    known = all_method_names()
+    for method in methods:
+        if method not in known:
+            raise RecipeError(f"unknown method {method!r}; choose from {known}")
     recipe.train_config(output_dir="/tmp/frame-peft-dry-run")  # validated again
     config, source = resolve_model_config(recipe.model.name)
     shape = ModelShape.from_config(config)

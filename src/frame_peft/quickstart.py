@@ -3,9 +3,9 @@ SmolLM2 with LoRA and FRAME on the ``quickstart`` recipe, compare them with the 
 held-out items, say which differences are larger than the noise, then analyse what FRAME's
 experts learned.
 
-The comparison is :func:`frame_peft.pipeline.compare_recipe`'s loop (same runs, same
-``compare.md``/``compare.json``), kept here so the per-item records of every evaluation stay in
-memory: :func:`heldout_intervals` turns them into 95 % bootstrap intervals
+The comparison is :func:`frame_peft.pipeline.run.run_comparison` (``compare_recipe``'s runs
+and ``compare.md``/``compare.json``), which returns the results, so the per-item records of every
+evaluation stay in memory: :func:`heldout_intervals` turns them into 95 % bootstrap intervals
 (:mod:`frame_peft.evaluation.intervals`) and paired differences to the base model on the same
 items, for accuracy / exact match and for the multiple-choice answer NLL (the gold choice's
 negative log-likelihood per token, from the scores the evaluation already computed: no extra
@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from . import assets
-from ._files import write_json
 from ._tables import markdown_table
 from .analysis.run import analyze_run
-from .evaluation import EvalResults, comparison_table, encode_pair
+from .evaluation import EvalResults, encode_pair
 from .evaluation.intervals import Interval, bootstrap_ci, paired_difference
-from .pipeline import evaluate_target, load_base, prepare_data, train_recipe
+from .pipeline import load_base
+from .pipeline.run import run_comparison
 from .recipes import load_recipe
-from .recipes.schema import BASELINE, Recipe
-from .run_dir import OFFLINE_NOTE
+from .recipes.schema import BASELINE
 
 __all__ = ["heldout_intervals", "run_quickstart"]
 
@@ -124,34 +123,6 @@ def heldout_intervals(
     ])  # fmt: skip
 
 
-def _compare(recipe: Recipe, overrides: Sequence[str], root: Path) -> tuple[str, list, Any]:
-    """``compare_recipe``'s runs and files, returning the in-memory results too."""
-    methods = list(recipe.compare)
-    data = prepare_data(recipe)
-    print(data.summary())
-    results, timings = [], {}
-    for method in methods:
-        start = time.perf_counter()
-        if method == BASELINE:
-            res = evaluate_target(recipe.name, overrides=overrides, output_dir=root / method)
-        else:
-            res = train_recipe(recipe, method=method, output_dir=root / method, data=data)
-        results.append(res)
-        timings[method] = time.perf_counter() - start
-    table = comparison_table(results, names=methods)
-    note = OFFLINE_NOTE if recipe.data.source == "offline" else ""
-    text = f"# {recipe.name}: {', '.join(methods)}\n\n{table}\n\n{note}\n"
-    (root / "compare.md").write_text(text)
-    write_json(
-        root / "compare.json",
-        {"methods": methods, "seconds": timings, "results": [r.to_dict() for r in results]},
-        default=str,
-    )
-    print(f"\n{text}\nwall time per method (s): "
-          + ", ".join(f"{m} {t:.0f}" for m, t in timings.items()))  # fmt: skip
-    return table, results, data
-
-
 def run_quickstart(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> str:
     """``make demo``: fetch what is missing, then compare base, LoRA and FRAME on ``quickstart``
     with intervals, and analyse the FRAME run; returns the comparison table."""
@@ -161,7 +132,7 @@ def run_quickstart(overrides: Sequence[str] = (), output_dir: str | Path | None 
     recipe = load_recipe("quickstart", overrides)
     root = Path(output_dir or recipe.run_root())
     root.mkdir(parents=True, exist_ok=True)
-    table, results, data = _compare(recipe, overrides, root)
+    table, results, data = run_comparison(recipe, list(recipe.compare), root)
     if BASELINE in recipe.compare:
         _, tokenizer = load_base(recipe, for_training=False)
         section = heldout_intervals(results, list(recipe.compare), data.eval, tokenizer)

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from ..run_dir import (
     write_run_json,
 )
 from ..training.callbacks import TrainerCallback
+
+if TYPE_CHECKING:
+    from ..evaluation import EvalResults
 
 __all__ = ["compare_recipe", "evaluate_target", "train_recipe"]
 
@@ -256,14 +260,14 @@ def evaluate_target(
     return results
 
 
-def compare_recipe(
-    recipe: Recipe, *, methods: Sequence[str] | None = None, output_dir: str | Path | None = None
-) -> str:
-    """Train and evaluate every method on the same data; print and return one markdown table."""
+def run_comparison(
+    recipe: Recipe, methods: Sequence[str], root: Path
+) -> tuple[str, list[EvalResults], PreparedData]:
+    """Train and evaluate ``methods`` on the same data into ``root/<method>``; write
+    ``compare.md`` / ``compare.json``; return ``(table, results, data)`` (the results keep the
+    per-item records, e.g. for intervals)."""
     from ..evaluation import comparison_table
 
-    methods = list(methods or recipe.compare)
-    root = Path(output_dir or recipe.run_root())
     data = prepare_data(recipe)
     print(data.summary())
     results, timings = [], {}
@@ -279,17 +283,25 @@ def compare_recipe(
             res = train_recipe(recipe, method=method, output_dir=run_dir, data=data)
         results.append(res)
         timings[method] = time.perf_counter() - start
-    table = comparison_table(results, names=methods)
+    table = comparison_table(results, names=list(methods))
     note = OFFLINE_NOTE if recipe.data.source == "offline" else ""
     text = f"# {recipe.name}: {', '.join(methods)}\n\n{table}\n\n{note}\n"
     (root / "compare.md").write_text(text)
     write_json(
         root / "compare.json",
-        {"methods": methods, "seconds": timings, "results": [r.to_dict() for r in results]},
+        {"methods": list(methods), "seconds": timings, "results": [r.to_dict() for r in results]},
         default=str,
     )
     print(
         f"\n{text}\nwall time per method (s): "
         + ", ".join(f"{m} {t:.0f}" for m, t in timings.items())
     )
-    return table
+    return table, results, data
+
+
+def compare_recipe(
+    recipe: Recipe, *, methods: Sequence[str] | None = None, output_dir: str | Path | None = None
+) -> str:
+    """Train and evaluate every method on the same data; print and return one markdown table."""
+    methods = list(methods or recipe.compare)
+    return run_comparison(recipe, methods, Path(output_dir or recipe.run_root()))[0]

@@ -22,7 +22,8 @@ Output: ``benchmarks/results/spectral.md`` + ``.json`` + ``spectral_*.png``.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/spectral.py            # SmolLM2: ~40 min, resumable
+    OMP_NUM_THREADS=1 python benchmarks/spectral.py --method-seeds lora=5   # SmolLM2: ~35 min
+    # (resumable: cells in $TMPDIR/frame-peft-spectral/cells/ are skipped when complete)
     OMP_NUM_THREADS=1 python benchmarks/spectral.py --quick    # tiny random Llama, seconds
 """
 

@@ -30,7 +30,8 @@ NETWORK_MODES = [
     pytest.param(
         "namespace",
         marks=pytest.mark.skipif(
-            not namespace_available(), reason="`unshare -rnpf` is not permitted for this user here"
+            not namespace_available(),
+            reason="`unshare -rnpfm` (user namespaces) is not permitted for this user here",
         ),
     ),
 ]

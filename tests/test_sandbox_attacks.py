@@ -18,7 +18,6 @@ import warnings
 import pytest
 
 from _tokenizer import char_tokenizer, tiny_text_llama
-from frame_peft.data.types import Example
 from frame_peft.evaluation import (
     code_sandbox,
     evaluate,
@@ -27,18 +26,11 @@ from frame_peft.evaluation import (
     run_many,
 )
 from frame_peft.recipes.schema import EvalSpec, RecipeError
+from test_code_sandbox import NETWORK_MODES, _processes_with, run
+from test_eval_results import CODE
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
-NETWORK_MODES = [
-    "guard",
-    pytest.param(
-        "namespace",
-        marks=pytest.mark.skipif(
-            not namespace_available(), reason="`unshare -rnpfm` is not permitted for this user here"
-        ),
-    ),
-]
 
 # A wrong solution: its test fails. Every attack below is appended to it or wraps it.
 WRONG = "def add(a, b):\n    return a - b\n"
@@ -309,24 +301,6 @@ MANY_SMALL_FILES = (
 )
 
 
-def run(program: str, network: str, **kwargs):
-    return run_code_tests(
-        program, network=network, allow_unsafe_code_execution=network == "guard", **kwargs
-    )
-
-
-def _processes_with(token: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if token.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.parametrize("network", NETWORK_MODES)
 @pytest.mark.parametrize(
     "program",
@@ -478,17 +452,7 @@ def test_guard_mode_is_refused_unless_opted_in():
 
 
 def test_evaluate_refuses_code_tasks_without_namespaces_unless_opted_in(monkeypatch):
-    code = [
-        Example(
-            task="toy_code",
-            uid=str(i),
-            prompt="def add(a, b):\n    return a + b\n# ",  # the completion stays in a comment
-            tests=f"assert add(1, 2) == {3 + i}\n",
-            entry_point="add",
-            meta={"stop": "\n"},
-        )
-        for i in range(2)
-    ]
+    code = CODE  # two toy code items: one passes, one fails
     model, tok = tiny_text_llama(seed=4), char_tokenizer()
     kwargs = {"max_new_tokens": 4, "code_timeout": 5, "progress": False}
     monkeypatch.setattr(code_sandbox, "namespace_available", lambda: False)  # a machine without

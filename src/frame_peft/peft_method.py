@@ -47,7 +47,6 @@ from .core.adapter_format import (
     check_tensor_values,
     namespaced_block,
     verify,
-    verify_config,
 )
 from .core.blocks import AdaptedBlock
 from .core.config import AdapterConfig, config_from_dict
@@ -215,8 +214,8 @@ if _SUPPORTED:
             config = peft_config.adapter_config()
             # A config read from a saved folder carries hashes: check the maths-defining part
             # here, since transformers' load_adapter then reads the weights by itself.
-            verify_config(
-                peft_config.frame_peft, dict(peft_config.frame_peft["config"]),
+            verify(
+                peft_config.frame_peft, dict(peft_config.frame_peft["config"]), None,
                 f"adapter {adapter_name!r}", _allow_edited(),
             )  # fmt: skip
             inj = find_injection(model)

@@ -63,7 +63,6 @@ __all__ = [
     "parse_metadata",
     "tensors_sha256",
     "verify",
-    "verify_config",
 ]
 
 
@@ -173,12 +172,19 @@ def parse_metadata(meta: Any, where: str | Path) -> tuple[int, dict[str, Any], d
 def verify(
     block: dict[str, Any],
     config: dict[str, Any],
-    tensors: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor] | None,
     where: str | Path,
     allow_edited: bool = False,
 ) -> None:
-    """Check format 2's hashes of ``config`` and ``tensors``; raise (or, with ``allow_edited``,
-    warn) naming what differs."""
+    """Check format 2's hashes of ``config`` and (unless None) ``tensors``; raise
+    :class:`AdapterIntegrityError` (or, with ``allow_edited``, warn) naming what differs.
+
+    ``tensors=None``: the config only, for loaders that read the weights themselves
+    (transformers' ``load_adapter``); a block that records no hash at all is then a config built
+    in memory, not one read from a saved folder, and passes.
+    """
+    if tensors is None and "weights_sha256" not in block and "config_sha256" not in block:
+        return
     problems = []
     total, fields = config_digests(config)
     recorded_fields = block.get("config_field_sha256") or {}
@@ -189,9 +195,9 @@ def verify(
             k for k in set(fields) | set(recorded_fields) if fields.get(k) != recorded_fields.get(k)
         )
         problems.append(f"the config was edited after saving (fields: {changed or 'unknown'})")
-    if block.get("weights_sha256") is None:
+    if tensors is not None and block.get("weights_sha256") is None:
         problems.append("weights_sha256 is missing")
-    elif block["weights_sha256"] != tensors_sha256(tensors):
+    elif tensors is not None and block["weights_sha256"] != tensors_sha256(tensors):
         problems.append("the weights differ from those saved (truncated, modified or replaced)")
     if not problems:
         return
@@ -202,35 +208,8 @@ def verify(
     raise AdapterIntegrityError(
         f"{where}: {what}. The adapter is not what was saved. Re-save or re-download it; to load "
         "a folder you edited by hand on purpose, pass allow_edited=True to fp.load_adapter "
-        "(or set FRAME_PEFT_ALLOW_EDITED_ADAPTERS=1 for PEFT's loaders), which warns naming "
-        "what differs"
-    )
-
-
-def verify_config(
-    block: dict[str, Any], config: dict[str, Any], where: str | Path, allow_edited: bool = False
-) -> None:
-    """Check the config hash of a block read from disk (one that records any hash): for loaders
-    that read the weights themselves (transformers' ``load_adapter``)."""
-    if "weights_sha256" not in block and "config_sha256" not in block:
-        return  # a config built in memory, not read from a saved folder
-    total, fields = config_digests(config)
-    if block.get("config_sha256") == total:
-        return
-    recorded = block.get("config_field_sha256") or {}
-    changed = sorted(k for k in set(fields) | set(recorded) if fields.get(k) != recorded.get(k))
-    what = (
-        "config_sha256 is missing"
-        if block.get("config_sha256") is None
-        else f"the config was edited after saving (fields: {changed or 'unknown'})"
-    )
-    if allow_edited:
-        warnings.warn(f"{where}: {what}; loading it anyway (allow_edited=True)", stacklevel=3)
-        return
-    raise AdapterIntegrityError(
-        f"{where}: {what}. Re-save or re-download the adapter; to load a folder you edited on "
-        "purpose set FRAME_PEFT_ALLOW_EDITED_ADAPTERS=1 (or fp.load_adapter(..., "
-        "allow_edited=True)), which warns naming what differs"
+        "(or set FRAME_PEFT_ALLOW_EDITED_ADAPTERS=1 for PEFT's and transformers' loaders), which "
+        "warns naming what differs"
     )
 
 

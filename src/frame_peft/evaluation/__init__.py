@@ -11,6 +11,7 @@ print(comparison_table([base_results, results]))
 
 from __future__ import annotations
 
+from .answer_nll import ItemNLL, answer_nll, mc_answer_nll, reference_answer
 from .code_sandbox import (
     STATUSES,
     SandboxResult,
@@ -29,6 +30,14 @@ from .generation import (
     cut_at_stop,
     extract_code,
     generate_completions,
+)
+from .intervals import (
+    Interval,
+    SeedSummary,
+    bootstrap_ci,
+    paired_difference,
+    pooled_over_seeds,
+    seed_summary,
 )
 from .lm_eval_bridge import (
     LmEvalTaskError,
@@ -56,11 +65,16 @@ __all__ = [
     "PRIMARY_METRIC",
     "STATUSES",
     "EvalResults",
+    "Interval",
+    "ItemNLL",
     "LmEvalTaskError",
     "MultipleChoiceOutput",
     "SandboxResult",
+    "SeedSummary",
     "TaskResult",
+    "answer_nll",
     "answers_equal",
+    "bootstrap_ci",
     "build_program",
     "check_lm_eval_tasks",
     "comparison_table",
@@ -79,13 +93,18 @@ __all__ = [
     "math_equal",
     "math_verify_available",
     "mbpp_program",
+    "mc_answer_nll",
     "namespace_available",
     "normalize_answer",
+    "paired_difference",
     "parse_number",
+    "pooled_over_seeds",
+    "reference_answer",
     "resolve_checker",
     "run_code_tests",
     "run_many",
     "score_multiple_choice",
+    "seed_summary",
     "symbolic_equal",
     "task_info",
     "write_local_mc_task",

@@ -137,6 +137,21 @@ def test_get_peft_model_save_and_reload_everywhere(method, tmp_path):
     assert torch.equal(logits(hf.eval()), ref)
 
 
+def test_loaded_adapters_are_frozen_unless_trainable(tmp_path):
+    """PEFT's semantics: from_pretrained / load_adapter give frozen adapters unless
+    is_trainable=True."""
+    trained_peft_model("frame").save_pretrained(tmp_path / "ad")
+    frozen = peft.PeftModel.from_pretrained(MODELS["llama"](), tmp_path / "ad")
+    assert not trainable_params(frozen)
+    hf = MODELS["llama"]()
+    hf.load_adapter(str(tmp_path / "ad"))
+    assert not trainable_params(hf)
+    live = peft.PeftModel.from_pretrained(MODELS["llama"](), tmp_path / "ad", is_trainable=True)
+    assert trainable_params(live) and all(
+        "frame_peft_adapters.default." in n for n, p in live.named_parameters() if p.requires_grad
+    )
+
+
 @pytest.mark.parametrize("model_name", ["qwen2", "gpt2"])
 def test_other_families_round_trip(model_name, tmp_path):
     model = trained_peft_model("frame", model_name)

@@ -226,6 +226,9 @@ if _SUPPORTED:
                 add_named_adapter(model, adapter_name, config)
             _as_tuner_layers(model)
             self.targeted_module_names = list(find_injection(model).layers)
+            if peft_config.inference_mode:  # PEFT's loaders: frozen unless is_trainable=True
+                for adapter in _adapters_of(model, adapter_name).values():
+                    adapter.requires_grad_(False)
 
         def _prepare_adapter_config(self, peft_config, model_config):
             return peft_config

@@ -125,6 +125,20 @@ def findings(agg: dict) -> list[str]:
     return lines
 
 
+def _coverage(agg: dict, planned: int | None) -> str:
+    """Which cells the page is made of, and whether the plan is complete."""
+    have = {m: e["seeds"] for m, e in agg["methods"].items()}
+    text = "Cells in this page: " + "; ".join(f"{m} seeds {s}" for m, s in have.items()) + "."
+    short = [m for m, s in have.items() if planned and m != "base" and len(s) < planned]
+    if short:
+        text += (
+            f" **In progress**: {', '.join(short)} have fewer than the plan's {planned} seeds, "
+            "and methods of the plan with no cell yet are not shown; read nothing into a "
+            "comparison until every row has its seeds."
+        )
+    return text
+
+
 def render(agg: dict, meta: dict[str, Any]) -> str:
     tasks = agg["tasks"]
     lines = [
@@ -135,6 +149,8 @@ def render(agg: dict, meta: dict[str, Any]) -> str:
         f"Model: {meta['model']}; targets {', '.join(meta['targets'])}; {meta['steps']} steps of "
         f"{meta['batch']} items; data: {meta['data']}  ",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in meta["machine"].items()),
+        "",
+        _coverage(agg, meta.get("seeds_planned")),
         "",
         "Answer NLL = mean over items of the answer's negative log-likelihood per token (nats, "
         "lower is better); accuracy (multiple choice) / exact match (math) in %. Brackets: 95 % "

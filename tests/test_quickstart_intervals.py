@@ -79,3 +79,5 @@ def test_run_quickstart_small_prints_the_intervals(tmp_path, capsys):
     assert "Reading: significant" in section and "benchmarks/quality.py" in section
     assert "NOT the papers' protocol" in (tmp_path / "compare.md").read_text()
     assert (tmp_path / "base" / "eval.json").is_file()
+    out = capsys.readouterr().out  # the intervals are printed, the bare point-estimate table not
+    assert "Held-out results with 95 %" in out and "| method | arc_easy" not in out

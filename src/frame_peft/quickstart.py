@@ -132,8 +132,11 @@ def run_quickstart(overrides: Sequence[str] = (), output_dir: str | Path | None 
     recipe = load_recipe("quickstart", overrides)
     root = Path(output_dir or recipe.run_root())
     root.mkdir(parents=True, exist_ok=True)
-    table, results, data = run_comparison(recipe, list(recipe.compare), root)
-    if BASELINE in recipe.compare:
+    with_intervals = BASELINE in recipe.compare  # then the bare table is not printed
+    table, results, data = run_comparison(
+        recipe, list(recipe.compare), root, print_table=not with_intervals
+    )
+    if with_intervals:
         _, tokenizer = load_base(recipe, for_training=False)
         section = heldout_intervals(results, list(recipe.compare), data.eval, tokenizer)
         (root / "intervals.md").write_text(section + "\n")

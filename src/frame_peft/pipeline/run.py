@@ -261,11 +261,12 @@ def evaluate_target(
 
 
 def run_comparison(
-    recipe: Recipe, methods: Sequence[str], root: Path
+    recipe: Recipe, methods: Sequence[str], root: Path, *, print_table: bool = True
 ) -> tuple[str, list[EvalResults], PreparedData]:
     """Train and evaluate ``methods`` on the same data into ``root/<method>``; write
     ``compare.md`` / ``compare.json``; return ``(table, results, data)`` (the results keep the
-    per-item records, e.g. for intervals)."""
+    per-item records, e.g. for intervals). ``print_table=False``: print the wall times only
+    (for callers that print the results with their intervals instead)."""
     from ..evaluation import comparison_table
 
     data = prepare_data(recipe)
@@ -293,7 +294,8 @@ def run_comparison(
         default=str,
     )
     print(
-        f"\n{text}\nwall time per method (s): "
+        (f"\n{text}" if print_table else "")
+        + "\nwall time per method (s): "
         + ", ".join(f"{m} {t:.0f}" for m, t in timings.items())
     )
     return table, results, data

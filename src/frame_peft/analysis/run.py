@@ -47,6 +47,24 @@ def _reference(ex: Any) -> Any | None:
     return None
 
 
+def check_analysis_args(
+    run_dirs: Sequence[str | Path], output_dir: str | Path | None, max_items_per_task: int
+) -> list[Path]:
+    """The run directories as paths; ``ValueError`` for none, a count below 1, or several runs
+    without an output folder for the joint report."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("analyze needs at least one run directory")
+    if max_items_per_task < 1:
+        raise ValueError(f"max_items_per_task must be >= 1, got {max_items_per_task}")
+    if len(dirs) > 1 and output_dir is None:
+        raise ValueError(
+            f"{len(dirs)} run directories are analysed together: give --output DIR (output_dir) "
+            "for the joint report"
+        )
+    return dirs
+
+
 def held_out_batches(
     eval_sets: dict[str, list[Any]],
     tokenizer: Any,
@@ -244,16 +262,7 @@ def analyze_run(
     from .figures import analysis_figures
     from .report import write_report
 
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
-        raise ValueError("analyze needs at least one run directory")
-    if max_items_per_task < 1:
-        raise ValueError(f"max_items_per_task must be >= 1, got {max_items_per_task}")
-    if len(dirs) > 1 and output_dir is None:
-        raise ValueError(
-            f"{len(dirs)} run directories are analysed together: give --output DIR (output_dir) "
-            "for the joint report"
-        )
+    dirs = check_analysis_args(run_dirs, output_dir, max_items_per_task)
     infos = [_read_run(d) for d in dirs]  # refuse before loading any model
     out = Path(output_dir) if output_dir is not None else dirs[0] / "analysis"
     start = time.perf_counter()

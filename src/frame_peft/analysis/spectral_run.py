@@ -114,18 +114,12 @@ def analyze_spectral(
     from ..peft_bridge import count_parameters
     from ..run_dir import load_run
     from .report import write_report
-    from .run import _labels, _read_run, held_out_batches
+    from .run import _labels, _read_run, check_analysis_args, held_out_batches
     from .spectral_figures import spectral_figures
 
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
-        raise ValueError("analyze --spectral needs at least one run directory")
-    if max_items_per_task < 1:
-        raise ValueError(f"max_items_per_task must be >= 1, got {max_items_per_task}")
+    dirs = check_analysis_args(run_dirs, output_dir, max_items_per_task)
     if num_bands < 2:
         raise ValueError(f"--bands must be >= 2, got {num_bands}")
-    if len(dirs) > 1 and output_dir is None:
-        raise ValueError(f"{len(dirs)} run directories: give --output DIR for the joint report")
     infos = [_read_run(d) for d in dirs]
     out = Path(output_dir) if output_dir is not None else dirs[0] / "analysis"
     start = time.perf_counter()

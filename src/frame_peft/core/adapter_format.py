@@ -96,14 +96,13 @@ def folder_metadata(
     task_type: str | None = None,
 ) -> dict[str, Any]:
     """The ``adapter_config.json`` of format 2 for these config and tensors."""
-    total, fields = config_digests(config)
     return {
         "peft_type": PEFT_TYPE,
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
         "revision": None,
         "inference_mode": True,
-        "frame_peft": namespaced_block(config, tensors, modules, library_version, total, fields),
+        "frame_peft": namespaced_block(config, tensors, modules, library_version),
     }
 
 
@@ -112,12 +111,9 @@ def namespaced_block(
     tensors: dict[str, torch.Tensor],
     modules: dict[str, list[int]],
     library_version: str,
-    total: str | None = None,
-    fields: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``"frame_peft"`` block of format 2."""
-    if total is None or fields is None:
-        total, fields = config_digests(config)
+    total, fields = config_digests(config)
     return {
         "format_version": FORMAT_VERSION,
         "config": config,

@@ -126,8 +126,9 @@ if _SUPPORTED:
             return config_from_dict(dict(self.frame_peft["config"]))
 
     class _TunerLayer(BaseTunerLayer):
-        """A frame-peft wrapper as PEFT sees a tuner layer (mixed into its class on the PEFT
-        path). Adapters live in ``frame_peft_adapters[name]`` (dropouts in
+        """A frame-peft wrapper as PEFT sees a tuner layer (on the PEFT path each wrapper is
+        re-created as :class:`PeftAdaptedLinear` / :class:`PeftAdaptedBlock`, same state and
+        submodules). Adapters live in ``frame_peft_adapters[name]`` (dropouts in
         ``frame_peft_dropout[name]``), so parameters are named PEFT's way
         (``<module>.frame_peft_adapters.<adapter name>.<tensor>``) and transformers'
         ``load_adapter`` finds them; ``adapter`` / ``dropout`` are the active ones, so the

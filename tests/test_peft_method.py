@@ -226,6 +226,23 @@ def test_print_trainable_parameters_and_counts(capsys):
     assert f"trainable params: {trainable:,}" in capsys.readouterr().out
 
 
+def test_bridge_counts_and_aux_of_a_frame_peft_model_are_frame_peft_ones():
+    """peft_bridge (used by frame-peft's Trainer and evaluation) must not treat a FRAME_PEFT
+    PeftModel as a PEFT baseline: that gave zero routing loss and active = trainable."""
+    from frame_peft import peft_bridge
+
+    model = peft.get_peft_model(
+        MODELS["llama"](), fp.to_peft_config(CONFIGS["frame"]("all-linear"))
+    ).train()
+    counts = peft_bridge.count_parameters(model)
+    assert counts == fp.count_parameters(model)
+    assert counts["active_per_token"] < counts["trainable"]  # k of E experts per token
+    fp.set_aux_in_loss(model, False)
+    model(**inputs())
+    aux = peft_bridge.aux_loss(model)
+    assert aux.item() > 0 and torch.equal(aux, fp.aux_loss(model))
+
+
 def test_merge_and_unload_exact_for_lora_and_refused_for_routed():
     model = trained_peft_model("lora")
     ref = logits(model)

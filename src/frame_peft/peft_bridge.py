@@ -139,6 +139,13 @@ def is_peft_model(model: nn.Module) -> bool:
     return any(isinstance(m, PeftModel) for m in inner if m is not None)
 
 
+def _peft_baseline(model: nn.Module) -> bool:
+    """A PEFT model of PEFT's own methods. A model built through frame-peft's PEFT method
+    (``FRAME_PEFT``, :mod:`frame_peft.peft_method`) is a ``PeftModel`` too, but it carries a
+    frame-peft injection: its counts and routing loss are frame-peft's."""
+    return is_peft_model(model) and find_injection(model) is None
+
+
 def peft_count_parameters(model: nn.Module) -> dict[str, int]:
     """``{"total", "trainable", "active_per_token"}`` of a PEFT model.
 
@@ -152,8 +159,9 @@ def peft_count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """:func:`frame_peft.count_parameters` for a frame-peft model, the PEFT count for a PEFT one."""
-    if is_peft_model(model):
+    """:func:`frame_peft.count_parameters` for a frame-peft model (``FRAME_PEFT`` PEFT models
+    included), the PEFT count for a PEFT baseline."""
+    if _peft_baseline(model):
         return peft_count_parameters(model)
     return _fp_count_parameters(model)
 
@@ -166,8 +174,9 @@ def peft_aux_loss(model: nn.Module) -> torch.Tensor:
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor:
-    """:func:`frame_peft.aux_loss` for a frame-peft model, zero for a PEFT one."""
-    return peft_aux_loss(model) if is_peft_model(model) else _fp_aux_loss(model)
+    """:func:`frame_peft.aux_loss` for a frame-peft model (``FRAME_PEFT`` PEFT models included),
+    zero for a PEFT baseline."""
+    return peft_aux_loss(model) if _peft_baseline(model) else _fp_aux_loss(model)
 
 
 def after_optimizer_step(model: nn.Module, global_step: int) -> None:

@@ -53,9 +53,9 @@ from .core.config import AdapterConfig, config_from_dict
 from .core.inject import find_injection, inject, set_adapters_enabled, unload
 from .core.merge import merge_and_unload
 from .core.named import (
+    adapter_modules,
     add_named_adapter,
     delete_named_adapter,
-    named_adapters,
     set_active_adapter,
 )
 from .core.serialization import load_tensors, module_shapes
@@ -228,7 +228,7 @@ if _SUPPORTED:
             _as_tuner_layers(model)
             self.targeted_module_names = list(find_injection(model).layers)
             if peft_config.inference_mode:  # PEFT's loaders: frozen unless is_trainable=True
-                for adapter in _adapters_of(model, adapter_name).values():
+                for adapter in adapter_modules(model, adapter_name).values():
                     adapter.requires_grad_(False)
 
         def _prepare_adapter_config(self, peft_config, model_config):
@@ -301,7 +301,7 @@ if _SUPPORTED:
             which PEFT writes after the weights."""
             from ._version import __version__
 
-            adapters = _adapters_of(model, adapter_name)
+            adapters = adapter_modules(model, adapter_name)
             tensors = {
                 f"{name}.{key}": value.detach().cpu().contiguous()
                 for name, adapter in adapters.items()
@@ -334,27 +334,10 @@ if _SUPPORTED:
                 _allow_edited(),
             )  # fmt: skip
             check_tensor_values(tensors, where)
-            load_tensors(_adapters_of(model, adapter_name), tensors)
+            load_tensors(adapter_modules(model, adapter_name), tensors)
             return super()._remap_adapter_state_dict_for_load(
                 model, config, adapter_name, state_dict
             )
-
-    def _adapters_of(model: nn.Module, adapter_name: str) -> dict[str, nn.Module]:
-        """``{module: adapter}`` of the named adapter, active or parked."""
-        inner = model
-        for attr in ("base_model", "model"):  # PeftModel -> tuner -> transformers model
-            if find_injection(inner) is None and hasattr(inner, attr):
-                inner = getattr(inner, attr)
-        inj = find_injection(inner)
-        if inj is None:
-            raise ValueError("this model has no frame-peft adapters")
-        if adapter_name == inj.name:
-            return {n: layer.adapter for n, layer in inj.layers.items()}
-        if adapter_name not in inj.parked:
-            raise ValueError(
-                f"no adapter named {adapter_name!r}; the model has {named_adapters(inner)}"
-            )
-        return {n: layer.parked_adapter(adapter_name) for n, layer in inj.layers.items()}
 
 
 def _allow_edited() -> bool:

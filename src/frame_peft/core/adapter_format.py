@@ -74,9 +74,9 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over the sorted tensor names, dtypes, shapes and raw bytes (keys without the
     ``base_model.model.`` prefix, so both spellings hash the same)."""
     h = hashlib.sha256()
-    for key in sorted(tensors, key=_bare):
+    for key in sorted(tensors, key=canonical_key):
         t = tensors[key].detach().to("cpu").contiguous()
-        h.update(f"{_bare(key)}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(f"{canonical_key(key)}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
@@ -230,10 +230,6 @@ def canonical_key(key: str) -> str:
     key = key.removeprefix(KEY_PREFIX)
     module, sep, tensor = key.partition(f".{ADAPTERS_ATTR}.")
     return f"{module}.{tensor}" if sep else key
-
-
-def _bare(key: str) -> str:
-    return canonical_key(key)
 
 
 def _sha(value: Any) -> str:

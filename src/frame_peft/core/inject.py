@@ -125,6 +125,15 @@ def layer_indices(names: list[str]) -> dict[str, int | None]:
     return out
 
 
+def layer_contexts(names: list[str], state: RoutingState) -> dict[str, LayerContext]:
+    """The :class:`~.adapter.LayerContext` of each adapted module: its depth
+    (:func:`layer_indices`), the shared routing ``state``, and ``num_layers`` = one more than the
+    largest depth among ``names``."""
+    depth = layer_indices(names)
+    num_layers = max((d for d in depth.values() if d is not None), default=-1) + 1
+    return {n: LayerContext(n, state, depth[n], num_layers) for n in names}
+
+
 def inject(
     model: nn.Module,
     config: AdapterConfig,
@@ -170,18 +179,17 @@ def inject(
     linear_cls = adapter_class(cls.linear_method) if blocks else cls
     state = RoutingState(input_embedding_of(model))  # embeddings for model-level encoders
     built: dict[str, AdaptedLinear | AdaptedBlock] = {}
-    depth = layer_indices([n for n, _ in targets] + [b.name for b in blocks])
-    num_layers = max((d for d in depth.values() if d is not None), default=-1) + 1
+    contexts = layer_contexts([n for n, _ in targets] + [b.name for b in blocks], state)
     for name, module in targets:  # build everything first: errors leave the model untouched
         module_config = config.for_module(name)
-        context = LayerContext(name, state, depth[name], num_layers)
         d_in, d_out = layer_features(module)
-        adapter: Adapter = linear_cls(d_in, d_out, module_config, context)
+        adapter: Adapter = linear_cls(d_in, d_out, module_config, contexts[name])
         adapter.to(device=module.weight.device)
         built[name] = AdaptedLinear(module, adapter, module_config.dropout)
     for block in blocks:
-        context = LayerContext(block.name, state, depth[block.name], num_layers)
-        built[block.name] = build_block(cls, block, config.for_module(block.name), context)
+        built[block.name] = build_block(
+            cls, block, config.for_module(block.name), contexts[block.name]
+        )
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)

@@ -21,18 +21,24 @@ from torch import nn
 
 from ..routing import RoutingState
 from ..routing.context import input_embedding_of
-from .adapter import AdaptedLinear, LayerContext
+from .adapter import AdaptedLinear
 from .config import AdapterConfig, adapter_class
 from .inject import (
     _take_mode,
     find_injection,
     injection_owner,
-    layer_indices,
+    layer_contexts,
     require_injection,
 )
 from .targets import _names, selects
 
-__all__ = ["add_named_adapter", "delete_named_adapter", "named_adapters", "set_active_adapter"]
+__all__ = [
+    "adapter_modules",
+    "add_named_adapter",
+    "delete_named_adapter",
+    "named_adapters",
+    "set_active_adapter",
+]
 
 
 def named_adapters(model: nn.Module) -> list[str]:
@@ -77,17 +83,11 @@ def add_named_adapter(model: nn.Module, name: str, config: AdapterConfig) -> Non
             "Use the same target_modules (one injection adapts one set of modules)"
         )
     state = RoutingState(input_embedding_of(inner))
-    depth = layer_indices(list(inj.layers))
-    num_layers = max((d for d in depth.values() if d is not None), default=-1) + 1
+    contexts = layer_contexts(list(inj.layers), state)
     boxes = {}
     for lname, layer in inj.layers.items():  # build all first: an error changes nothing
         mc = config.for_module(lname)
-        adapter = cls(
-            layer.in_features,
-            layer.out_features,
-            mc,
-            LayerContext(lname, state, depth[lname], num_layers),
-        )
+        adapter = cls(layer.in_features, layer.out_features, mc, contexts[lname])
         adapter.to(device=layer.base_layer.weight.device)
         dropout = nn.Dropout(mc.dropout) if mc.dropout > 0 else nn.Identity()
         adapter.requires_grad_(False)
@@ -97,6 +97,16 @@ def add_named_adapter(model: nn.Module, name: str, config: AdapterConfig) -> Non
     for lname, layer in inj.layers.items():
         layer.park(name, *boxes[lname])
     inj.parked[name] = (config, state)
+
+
+def adapter_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """``{module: adapter}`` of adapter ``name``, active or parked."""
+    inj = require_injection(model)
+    if name == inj.name:
+        return {n: layer.adapter for n, layer in inj.layers.items()}
+    if name not in inj.parked:
+        raise ValueError(f"no adapter named {name!r}; this model has {named_adapters(model)}")
+    return {n: layer.parked_adapter(name) for n, layer in inj.layers.items()}
 
 
 def set_active_adapter(model: nn.Module, name: str, trainable: bool = True) -> None:

@@ -59,10 +59,17 @@ def with_optional_state(
 ) -> dict[str, torch.Tensor]:
     """``tensors`` plus, for every adapter tensor an earlier version did not save (the adapter's
     ``optional_state``), the model's current value of it."""
+    layers = require_injection(model).layers.items()
+    return _with_optional_state({n: layer.adapter for n, layer in layers}, tensors)
+
+
+def _with_optional_state(
+    adapters: dict[str, nn.Module], tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     out = dict(tensors)
-    for name, layer in require_injection(model).layers.items():
-        state = layer.adapter.state_dict()
-        for key in getattr(layer.adapter, "optional_state", ()):
+    for name, adapter in adapters.items():
+        state = adapter.state_dict()
+        for key in getattr(adapter, "optional_state", ()):
             if key in state:
                 out.setdefault(f"{name}.{key}", state[key])
     return out
@@ -202,12 +209,7 @@ def load_adapter(
 def load_tensors(adapters: dict[str, nn.Module], tensors: dict[str, torch.Tensor]) -> None:
     """Copy ``tensors`` (keyed ``<module>.<tensor>``) into ``{module: adapter}`` after checking
     that every tensor is there, with its shape and kind of dtype; all or nothing."""
-    remaining = dict(tensors)
-    for name, adapter in adapters.items():  # earlier versions' files lack optional_state
-        state = adapter.state_dict()
-        for key in getattr(adapter, "optional_state", ()):
-            if key in state:
-                remaining.setdefault(f"{name}.{key}", state[key])
+    remaining = _with_optional_state(adapters, tensors)  # earlier files lack optional_state
     staged = []
     for name, adapter in adapters.items():
         for key, current in adapter.state_dict().items():

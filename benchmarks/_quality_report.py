@@ -7,8 +7,11 @@ and accuracy / exact match, each as
 * per seed: mean over items with its 95 % percentile-bootstrap interval over items;
 * over seeds: mean ± sample std (and min, max) of the per-seed means;
 * pooled: items averaged over seeds, bootstrap over items;
-* paired to MoE-LoRA: per item and seed ``method - moe-lora`` on the same items, averaged over
-  the seeds both have, bootstrap over items (significant when the interval excludes 0).
+* paired to MoE-LoRA (and to the frozen base): per item and seed ``method - moe-lora`` on the
+  same items for the seeds both have, with a two-level bootstrap over seeds and items
+  (:func:`~frame_peft.evaluation.intervals.seeds_and_items`); significant when that interval
+  excludes 0. The item-only interval of the seed-averaged differences is kept in the JSON
+  (``minus_<ref>_items``): it ignores how much a rerun moves the difference.
 
 "What this shows" is generated from those paired intervals (no prose written by hand).
 """
@@ -24,6 +27,7 @@ from frame_peft.evaluation.intervals import (
     paired_difference,
     pooled_over_seeds,
     seed_summary,
+    seeds_and_items,
 )
 
 REFERENCE = "moe-lora"
@@ -36,9 +40,10 @@ def _per_item(cell: dict, task: str, metric: str) -> list[float]:
 
 def _paired(
     by: dict, m: str, ref: str, seeds: list[int], task: str, metric: str, n_boot: int
-) -> tuple[dict, list[int]] | None:
-    """``method - ref`` per item, averaged over the seeds both have (the frozen ``base`` has
-    one cell, seed 0, and pairs with every seed), bootstrapped over items."""
+) -> tuple[dict, dict, list[int]] | None:
+    """``method - ref`` per item for the seeds both have (the frozen ``base`` has one cell,
+    seed 0, and pairs with every seed): the two-level (seeds × items) interval, the item-only
+    interval of the seed-averaged differences, and the seeds used."""
     if m in (ref, "base"):
         return None
     shared = [s for s in seeds if (ref, 0 if ref == "base" else s) in by]
@@ -52,7 +57,8 @@ def _paired(
     ]  # fmt: skip
     mean_diff = [sum(col) / len(col) for col in zip(*diffs, strict=True)]
     zero = [0.0] * len(mean_diff)
-    return paired_difference(mean_diff, zero, n_boot=n_boot).to_dict(), shared
+    items_only = paired_difference(mean_diff, zero, n_boot=n_boot).to_dict()
+    return seeds_and_items(diffs, n_boot=n_boot).to_dict(), items_only, shared
 
 
 def aggregate(cells: list[dict], n_boot: int = 2000) -> dict[str, Any]:
@@ -77,7 +83,8 @@ def aggregate(cells: list[dict], n_boot: int = 2000) -> dict[str, Any]:
                 for ref in (REFERENCE, "base"):
                     paired = _paired(by, m, ref, seeds, t, metric, n_boot)
                     if paired is not None:
-                        res[f"minus_{ref}"], res[f"minus_{ref}_seeds"] = paired
+                        (res[f"minus_{ref}"], res[f"minus_{ref}_items"],
+                         res[f"minus_{ref}_seeds"]) = paired  # fmt: skip
                 entry[t][metric] = res
         keys = ("train_seconds", "eval_seconds", "tokens_per_second", "peak_rss_mb")
         entry["cost"] = {k: seed_summary([by[(m, s)]["cost"][k] for s in seeds]).mean
@@ -107,7 +114,7 @@ def _verdict(d: dict, metric: str, ref: str) -> str:
 
 def findings(agg: dict) -> list[str]:
     """One generated sentence per (method, task, metric) paired difference to MoE-LoRA and to
-    the frozen base model (significant when the 95 % interval excludes 0)."""
+    the frozen base model (significant when the 95 % seeds × items interval excludes 0)."""
     lines = []
     for ref, label in (("base", "the base model"), (REFERENCE, "MoE-LoRA")):
         lines += ["", f"Against {label}:", ""]
@@ -155,7 +162,10 @@ def render(agg: dict, meta: dict[str, Any]) -> str:
         "Answer NLL = mean over items of the answer's negative log-likelihood per token (nats, "
         "lower is better); accuracy (multiple choice) / exact match (math) in %. Brackets: 95 % "
         "percentile-bootstrap intervals over items (pooled: items averaged over seeds). ± : "
-        "sample std of the per-seed means. Δ: paired difference to MoE-LoRA on the same items.",
+        "sample std of the per-seed means. Δ: paired difference to MoE-LoRA on the same items and "
+        "seeds, its interval from a two-level bootstrap over seeds and items (a rerun's "
+        "variance included); a difference is called significant only when that interval "
+        "excludes 0.",
         "",
         "## Parameters and cost per method",
         "",

@@ -9,6 +9,7 @@ from frame_peft.evaluation.intervals import (
     paired_difference,
     pooled_over_seeds,
     seed_summary,
+    seeds_and_items,
 )
 
 
@@ -74,3 +75,43 @@ def test_seed_summary():
 def test_bad_input_is_refused(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_seeds_and_items_with_one_seed_is_the_item_bootstrap():
+    row = [0.1 * (i % 9) for i in range(40)]
+    assert seeds_and_items([row], seed=5) == bootstrap_ci(row, seed=5)
+
+
+def test_seeds_and_items_sees_the_seed_spread_that_items_alone_miss():
+    # Two seeds that disagree on every item by the same amount: averaged over seeds the items
+    # are all 0.5 (an item-only interval of zero width); resampling the seeds gives a mean of
+    # 0 (both draws seed 0, p = 1/4), 0.5 (p = 1/2) or 1 (p = 1/4): the 95 % interval is [0, 1].
+    table = [[0.0] * 6, [1.0] * 6]
+    pooled = pooled_over_seeds(table)
+    assert (pooled.low, pooled.high) == (0.5, 0.5) and pooled.excludes_zero
+    both = seeds_and_items(table, n_boot=4000)
+    assert (both.estimate, both.low, both.high, both.n) == (0.5, 0.0, 1.0, 6)
+    assert not both.excludes_zero
+
+
+def test_seeds_and_items_matches_a_loop_over_draws():
+    import numpy as np
+
+    table = np.array(
+        [[0.3, 1.2, 0.7, 2.0, 0.1], [0.5, 0.9, 1.1, 1.4, 0.0], [0.2, 1.0, 0.8, 2.2, 0.4]]
+    )
+    got = seeds_and_items(table.tolist(), n_boot=300, seed=2)
+    rng = np.random.default_rng(2)
+    items = rng.integers(0, 5, size=(300, 5))
+    seeds = rng.integers(0, 3, size=(300, 3))
+    means = [table[np.ix_(seeds[b], items[b])].mean() for b in range(300)]
+    low, high = np.quantile(means, [0.025, 0.975])
+    assert got.low == pytest.approx(low) and got.high == pytest.approx(high)
+    assert got.estimate == pytest.approx(table.mean())
+
+
+def test_seeds_and_items_refuses_ragged_or_empty_tables():
+    with pytest.raises(ValueError, match="same items"):
+        seeds_and_items([[1.0, 2.0], [1.0]])
+    with pytest.raises(ValueError, match="at least one"):
+        seeds_and_items([])

@@ -113,6 +113,32 @@ def test_paired_difference_of_a_method_with_itself_is_zero_width():
     assert (acc["estimate"], acc["low"], acc["high"]) == (0.25, 0.0, 0.75)
 
 
+def test_a_difference_only_one_seed_shows_is_not_called_significant():
+    # frame is 0.6 nats worse than moe-lora on every item with seed 0 and equal with seed 1:
+    # averaged over seeds every item differs by exactly 0.3 (an item-only interval of zero
+    # width), but a rerun may give 0 or 0.6, so the seeds × items interval is [0, 0.6].
+    from _quality_report import findings
+
+    common = {"parameters": {"active_per_token": 1, "trainable": 1, "config": "x"}, "lr": 1e-3,
+              "cost": {k: 1.0 for k in ("train_seconds", "eval_seconds", "tokens_per_second",
+                                        "peak_rss_mb")}}  # fmt: skip
+
+    def cell(method, seed, shift):
+        items = [{"uid": str(i), "nll": 1.0 + 0.1 * i + shift, "correct": 1.0} for i in range(8)]
+        return {**common, "method": method, "seed": seed, "tasks": {"t": {"items": items}}}
+
+    cells = [cell("moe-lora", 0, 0.0), cell("moe-lora", 1, 0.0),
+             cell("frame", 0, 0.6), cell("frame", 1, 0.0)]  # fmt: skip
+    agg = aggregate(cells, n_boot=4000)
+    d = agg["methods"]["frame"]["t"]["nll"]
+    assert d["minus_moe-lora_items"]["low"] == pytest.approx(0.3)
+    assert d["minus_moe-lora_items"]["high"] == pytest.approx(0.3)
+    assert d["minus_moe-lora"]["low"] == pytest.approx(0.0)
+    assert d["minus_moe-lora"]["high"] == pytest.approx(0.6)
+    line = next(x for x in findings(agg) if x.startswith("- frame, t, answer NLL"))
+    assert "no significant difference from MoE-LoRA" in line
+
+
 def test_mc_answer_nll_equals_scoring_the_gold_choice():
     tok, model = char_tokenizer(), tiny_text_llama()
     items = quick_parts().test["mc_a"][:5]

@@ -38,6 +38,7 @@ from .intervals import (
     paired_difference,
     pooled_over_seeds,
     seed_summary,
+    seeds_and_items,
 )
 from .lm_eval_bridge import (
     LmEvalTaskError,
@@ -105,6 +106,7 @@ __all__ = [
     "run_many",
     "score_multiple_choice",
     "seed_summary",
+    "seeds_and_items",
     "symbolic_equal",
     "task_info",
     "write_local_mc_task",

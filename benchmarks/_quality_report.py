@@ -13,11 +13,16 @@ and accuracy / exact match, each as
   excludes 0. The item-only interval of the seed-averaged differences is kept in the JSON
   (``minus_<ref>_items``): it ignores how much a rerun moves the difference.
 
-"What this shows" is generated from those paired intervals (no prose written by hand).
+The page's "What this shows" is a short reading written by hand from the numbers
+(``quality/reading.md``), tied to the cells it was written from by their fingerprint: when the
+cells change, the page says that the reading is stale. Beneath it, a verdict table and one
+generated sentence per paired difference.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +108,19 @@ def _seeds(d: dict, scale: float = 1.0, digits: int = 3) -> str:
     return f"{d['mean'] * scale:.{digits}f} ± {d['std'] * scale:.{digits}f}"
 
 
-def _verdict(d: dict, metric: str, ref: str) -> str:
+def _word(d: dict, metric: str) -> str:
+    """'better', 'worse' (the interval excludes 0; lower NLL / higher accuracy is better) or
+    'n.s.'."""
     if not (d["low"] > 0 or d["high"] < 0):
+        return "n.s."
+    return "better" if (d["estimate"] < 0) == (metric == "nll") else "worse"
+
+
+def _verdict(d: dict, metric: str, ref: str) -> str:
+    word = _word(d, metric)
+    if word == "n.s.":
         return f"no significant difference from {ref}"
-    lower = d["estimate"] < 0
-    good = lower == (metric == "nll")
-    return (f"significantly {'lower' if lower else 'higher'} "
-            f"({'better' if good else 'worse'}) than {ref}")  # fmt: skip
+    return f"significantly {'lower' if d['estimate'] < 0 else 'higher'} ({word}) than {ref}"
 
 
 def findings(agg: dict) -> list[str]:
@@ -130,6 +141,49 @@ def findings(agg: dict) -> list[str]:
                     lines.append(f"- {m}, {t}, {name}: {_verdict(d, metric, label)} "
                                  f"(Δ {_ci(d, scale)} {unit}, {n} seed(s) paired).")  # fmt: skip
     return lines
+
+
+def cells_fingerprint(cells: list[dict]) -> str:
+    """sha256 of the cells' canonical JSON (order-free): what a written reading refers to."""
+    keyed = sorted(cells, key=lambda c: (c["method"], c["seed"]))
+    blob = json.dumps(keyed, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+READING_TAG = "<!-- reading of cells sha256:"
+
+
+def reading_section(path: Path, fingerprint: str) -> list[str]:
+    """The hand-written reading at ``path``, marked stale unless its first line names
+    ``fingerprint`` (``<!-- reading of cells sha256: <hex> -->``)."""
+    if not path.exists():
+        return ["No reading has been written for these cells yet; the verdicts below are all "
+                "there is."]  # fmt: skip
+    text = path.read_text().strip().splitlines()
+    head = text[0].strip() if text else ""
+    body = text[1:] if head.startswith(READING_TAG) else text
+    if head != f"{READING_TAG} {fingerprint} -->":
+        body = ["**Stale**: this reading was written from another set of cells than this page's "
+                "(its fingerprint differs); trust the tables, not the prose, until it is "
+                "rewritten.", "", *body]  # fmt: skip
+    return body
+
+
+def verdict_table(agg: dict) -> str:
+    """Methods × tasks: each paired difference to MoE-LoRA as 'Δ better/worse/n.s.'."""
+    rows = []
+    for m, e in agg["methods"].items():
+        if m in ("base", REFERENCE) or f"minus_{REFERENCE}" not in e[agg["tasks"][0]]["nll"]:
+            continue
+        row = [f"{m} ({len(e['seeds'])} seeds)"]
+        for t in agg["tasks"]:
+            cell = []
+            for metric, scale, label in (("nll", 1.0, "NLL"), ("correct", 100.0, "acc")):
+                d = e[t][metric][f"minus_{REFERENCE}"]
+                cell.append(f"{label} {d['estimate'] * scale:+.3f} {_word(d, metric)}")
+            row.append("; ".join(cell))
+        rows.append(row)
+    return markdown_table(["vs MoE-LoRA", *agg["tasks"]], rows) if rows else ""
 
 
 def _coverage(agg: dict, planned: int | None) -> str:
@@ -191,7 +245,14 @@ def render(agg: dict, meta: dict[str, Any]) -> str:
                 row.append(f"{_ci(r['pooled'], scale)}; {_seeds(r['seeds'], scale)}{delta}")
             rows.append(row)
         lines += ["", f"## {title}", "", markdown_table(["method", *tasks], rows)]
-    lines += ["", "## What this shows (generated from the paired intervals)", *findings(agg)]
+    reading = reading_section(Path(meta["reading"]), meta["fingerprint"]) if meta.get(
+        "reading") else []  # fmt: skip
+    lines += ["", "## What this shows", "", *reading,
+              "", f"Cells fingerprint: sha256 `{meta.get('fingerprint', '')}`", "",
+              "### Paired differences to MoE-LoRA (seeds × items, 95 %)", "",
+              verdict_table(agg), "",
+              "### Every paired difference (generated from the intervals)",
+              *findings(agg)]  # fmt: skip
     if meta.get("plot"):
         lines += ["", f"![methods x tasks]({meta['plot']})"]
     return "\n".join(lines) + "\n"

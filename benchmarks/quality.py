@@ -71,7 +71,7 @@ import frame_peft as fp
 from _common import command_line, machine_info, peak_rss_mb, reset_peak_rss, write_results
 from _layer_report import git_state
 from _quality_data import MC_TASKS, Parts, char_tokenizer, quick_parts, real_parts, tiny_text_llama
-from _quality_report import aggregate, plot, render
+from _quality_report import aggregate, cells_fingerprint, plot, render
 from frame_peft._files import write_json
 
 HERE = Path(__file__).resolve().parent
@@ -371,6 +371,7 @@ def report(args, cmd: str, model_desc: str, parts: Parts) -> str | None:
         "targets": LINEARS, "steps": args.steps, "batch": args.batch,
         "data": json.dumps(parts.sizes()), "machine": machine_info(),
         "plot": png.name if png else None, "seeds_planned": args.seeds,
+        "fingerprint": cells_fingerprint(cells), "reading": str(args.out_dir / "reading.md"),
     }  # fmt: skip
     page = render(agg, meta)
     write_results(args.out_dir.with_suffix(".md"), page, {**meta, "aggregate": agg})

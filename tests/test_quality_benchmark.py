@@ -175,3 +175,18 @@ def test_matched_and_peft_baselines_run_in_the_pipeline(tmp_path):
 def test_cells_made_with_other_settings_are_refused_not_mixed(done, capsys):
     with pytest.raises(SystemExit, match="other settings"):
         quality.main(_argv(done, "--steps", "3"))
+
+
+def test_the_written_reading_is_marked_stale_when_the_cells_change(tmp_path):
+    from _quality_report import READING_TAG, cells_fingerprint, reading_section
+
+    cells = [{"method": "lora", "seed": 0, "tasks": {"t": {"items": [{"nll": 1.0}]}}}]
+    fp_now = cells_fingerprint(cells)
+    path = tmp_path / "reading.md"
+    assert "No reading" in reading_section(path, fp_now)[0]
+    path.write_text(f"{READING_TAG} {fp_now} -->\nLoRA wins.\n")
+    assert reading_section(path, fp_now) == ["LoRA wins."]
+    cells[0]["tasks"]["t"]["items"][0]["nll"] = 1.5  # one number changed
+    later = reading_section(path, cells_fingerprint(cells))
+    assert later[0].startswith("**Stale**") and later[-1] == "LoRA wins."
+    assert cells_fingerprint(list(reversed(cells + cells[:0]))) == cells_fingerprint(cells)

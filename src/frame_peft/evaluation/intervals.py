@@ -106,6 +106,20 @@ def _vector(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     return array
 
 
+def _seed_table(per_seed: Sequence[Sequence[float]], what: str) -> np.ndarray:
+    """(S seeds, N items) float64 table; every seed must score the same items."""
+    if len(per_seed) == 0:
+        raise ValueError(f"{what} needs at least one seed's scores")
+    rows = [_vector(r, f"seed {i}'s scores") for i, r in enumerate(per_seed)]
+    sizes = {r.size for r in rows}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"every seed must score the same items, got item counts {sorted(sizes)} across "
+            "seeds; rerun the incomplete cells"
+        )
+    return np.stack(rows)
+
+
 def _check(level: float, n_boot: int) -> None:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), e.g. 0.95; got {level}")
@@ -169,16 +183,8 @@ def pooled_over_seeds(
     Raises:
         ValueError: no seeds, or seeds scored on different numbers of items.
     """
-    if len(per_seed) == 0:
-        raise ValueError("pooled_over_seeds needs at least one seed's scores")
-    rows = [_vector(r, f"seed {i}'s scores") for i, r in enumerate(per_seed)]
-    sizes = {r.size for r in rows}
-    if len(sizes) != 1:
-        raise ValueError(
-            f"every seed must score the same items, got item counts {sorted(sizes)} across "
-            "seeds; rerun the incomplete cells"
-        )
-    return bootstrap_ci(np.mean(rows, axis=0), level=level, n_boot=n_boot, seed=seed)
+    table = _seed_table(per_seed, "pooled_over_seeds")
+    return bootstrap_ci(table.mean(axis=0), level=level, n_boot=n_boot, seed=seed)
 
 
 def seeds_and_items(
@@ -199,16 +205,7 @@ def seeds_and_items(
         ValueError: no seeds, seeds scored on different numbers of items, non-finite scores.
     """
     _check(level, n_boot)
-    if len(per_seed) == 0:
-        raise ValueError("seeds_and_items needs at least one seed's scores")
-    rows = [_vector(r, f"seed {i}'s scores") for i, r in enumerate(per_seed)]
-    sizes = {r.size for r in rows}
-    if len(sizes) != 1:
-        raise ValueError(
-            f"every seed must score the same items, got item counts {sorted(sizes)} across "
-            "seeds; rerun the incomplete cells"
-        )
-    table = np.stack(rows)  # (S, N)
+    table = _seed_table(per_seed, "seeds_and_items")
     n_seeds, n_items = table.shape
     rng = np.random.default_rng(seed)
     items = rng.integers(0, n_items, size=(n_boot, n_items))

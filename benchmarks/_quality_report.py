@@ -96,7 +96,46 @@ def aggregate(cells: list[dict], n_boot: int = 2000) -> dict[str, Any]:
                          for k in keys}  # fmt: skip
         entry["parameters"] = by[(m, seeds[0])]["parameters"]
         out["methods"][m] = entry
+    out["frame_vs"] = _frame_vs(by, tasks, n_boot)
     return out
+
+
+FLAGSHIP = "frame"
+CONTROLS = ("moe-lora", "moe-lora-2r", "frame-fixed", "lora", "fouriermoe")
+
+
+def _frame_vs(by: dict, tasks: list[str], n_boot: int) -> dict[str, Any]:
+    """``frame - control`` per task and metric for every control with cells (seeds × items)."""
+    seeds = sorted(s for (m, s) in by if m == FLAGSHIP)
+    out: dict[str, Any] = {}
+    for ref in CONTROLS:
+        if not any(m == ref for (m, _) in by):
+            continue
+        per_task = {}
+        for t in tasks:
+            per_task[t] = {}
+            for metric in METRICS:
+                paired = _paired(by, FLAGSHIP, ref, seeds, t, metric, n_boot)
+                if paired is not None:
+                    per_task[t][metric] = {**paired[0], "seeds": paired[2]}
+        if all(per_task[t] for t in tasks):
+            out[ref] = per_task
+    return out
+
+
+def frame_table(agg: dict) -> str:
+    """Controls × tasks: FRAME minus each control, with the verdict for FRAME."""
+    rows = []
+    for ref, per_task in agg.get("frame_vs", {}).items():
+        row = [f"frame − {ref} ({len(per_task[agg['tasks'][0]]['nll']['seeds'])} seeds)"]
+        for t in agg["tasks"]:
+            row.append("; ".join(
+                f"{label} {per_task[t][metric]['estimate'] * scale:+.3f} "
+                f"{_word(per_task[t][metric], metric)}"
+                for metric, scale, label in (("nll", 1.0, "NLL"), ("correct", 100.0, "acc"))
+            ))  # fmt: skip
+        rows.append(row)
+    return markdown_table(["FRAME against", *agg["tasks"]], rows) if rows else ""
 
 
 def _ci(d: dict, scale: float = 1.0, digits: int = 3) -> str:
@@ -251,6 +290,8 @@ def render(agg: dict, meta: dict[str, Any]) -> str:
               "", f"Cells fingerprint: sha256 `{meta.get('fingerprint', '')}`", "",
               "### Paired differences to MoE-LoRA (seeds × items, 95 %)", "",
               verdict_table(agg), "",
+              "### FRAME against each control (seeds × items, 95 %; better/worse: FRAME's)", "",
+              frame_table(agg), "",
               "### Every paired difference (generated from the intervals)",
               *findings(agg)]  # fmt: skip
     if meta.get("plot"):

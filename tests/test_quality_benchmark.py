@@ -117,7 +117,7 @@ def test_a_difference_only_one_seed_shows_is_not_called_significant():
     # frame is 0.6 nats worse than moe-lora on every item with seed 0 and equal with seed 1:
     # averaged over seeds every item differs by exactly 0.3 (an item-only interval of zero
     # width), but a rerun may give 0 or 0.6, so the seeds × items interval is [0, 0.6].
-    from _quality_report import findings
+    from _quality_report import findings, frame_table
 
     common = {"parameters": {"active_per_token": 1, "trainable": 1, "config": "x"}, "lr": 1e-3,
               "cost": {k: 1.0 for k in ("train_seconds", "eval_seconds", "tokens_per_second",
@@ -137,6 +137,10 @@ def test_a_difference_only_one_seed_shows_is_not_called_significant():
     assert d["minus_moe-lora"]["high"] == pytest.approx(0.6)
     line = next(x for x in findings(agg) if x.startswith("- frame, t, answer NLL"))
     assert "no significant difference from MoE-LoRA" in line
+    vs = agg["frame_vs"]["moe-lora"]["t"]["nll"]  # FRAME's control table: the same interval
+    ref = d["minus_moe-lora"]
+    assert (vs["low"], vs["high"], vs["seeds"]) == (ref["low"], ref["high"], [0, 1])
+    assert "| frame − moe-lora (2 seeds) | NLL +0.300 n.s.; acc +0.000 n.s. |" in frame_table(agg)
 
 
 def test_mc_answer_nll_equals_scoring_the_gold_choice():

@@ -300,7 +300,9 @@ def render(agg: dict, meta: dict[str, Any]) -> str:
 
 
 def plot(agg: dict, path: Path) -> Path | None:
-    """Methods × tasks: pooled answer NLL and accuracy with their intervals (PNG)."""
+    """Methods × tasks (PNG). Top row: the paired answer-NLL difference to MoE-LoRA with its
+    seeds × items interval and a zero line (below 0 = better than MoE-LoRA), the comparison the
+    page's verdicts use; then pooled answer NLL and accuracy with their item intervals."""
     try:
         import matplotlib
 
@@ -309,16 +311,23 @@ def plot(agg: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     tasks, methods = agg["tasks"], list(agg["methods"])
-    fig, axes = plt.subplots(2, len(tasks), figsize=(3.2 * len(tasks), 6), squeeze=False)
-    for row, (metric, label, scale) in enumerate((("nll", "answer NLL", 1.0),
-                                                  ("correct", "acc / EM %", 100.0))):  # fmt: skip
+    rows = (("minus", "nll", f"Δ answer NLL vs {REFERENCE}", 1.0),
+            ("pooled", "nll", "answer NLL", 1.0),
+            ("pooled", "correct", "acc / EM %", 100.0))  # fmt: skip
+    fig, axes = plt.subplots(len(rows), len(tasks), figsize=(3.2 * len(tasks), 9), squeeze=False)
+    for row, (kind, metric, label, scale) in enumerate(rows):
         for col, t in enumerate(tasks):
             ax = axes[row][col]
             for i, m in enumerate(methods):
-                p = agg["methods"][m][t][metric]["pooled"]
+                r = agg["methods"][m][t][metric]
+                p = r.get(f"minus_{REFERENCE}") if kind == "minus" else r["pooled"]
+                if p is None:  # the reference itself and the base model have no paired row
+                    continue
                 est = p["estimate"] * scale
                 err = [[est - p["low"] * scale], [p["high"] * scale - est]]
-                ax.errorbar([i], [est], yerr=err, fmt="o", capsize=3)
+                ax.errorbar([i], [est], yerr=err, fmt="o", capsize=3, color=f"C{i}")
+            if kind == "minus":
+                ax.axhline(0.0, color="grey", lw=0.8)
             ax.set_xticks(range(len(methods)), methods, rotation=60, fontsize=7)
             ax.set_title(f"{t}: {label}", fontsize=9)
     fig.tight_layout()

@@ -81,3 +81,5 @@ def test_run_quickstart_small_prints_the_intervals(tmp_path, capsys):
     assert (tmp_path / "base" / "eval.json").is_file()
     out = capsys.readouterr().out  # the intervals are printed, the bare point-estimate table not
     assert "Held-out results with 95 %" in out and "| method | arc_easy" not in out
+    assert "held-out results (" not in out  # no per-method table of point estimates either
+    assert out.count("held-out results saved to") == 3

@@ -36,7 +36,7 @@ from .recipes.schema import BASELINE
 
 __all__ = ["heldout_intervals", "run_quickstart"]
 
-BENCHMARK = "benchmarks/quality.py (docs/benchmark.md)"
+BENCHMARK = "benchmarks/results/quality.md (made by benchmarks/quality.py; docs/benchmark.md)"
 
 
 def _correct(results: EvalResults, task: str) -> dict[str, float]:

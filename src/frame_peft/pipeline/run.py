@@ -68,10 +68,15 @@ def _evaluate(
     )
 
 
-def _save_eval(results, run_dir: Path, method: str) -> None:
+def _save_eval(results, run_dir: Path, method: str, echo: bool = True) -> None:
+    """Write eval.json / eval.md; print the table unless ``echo=False`` (callers that print the
+    results with their intervals: a lone table of point estimates invites reading noise)."""
     results.save_json(run_dir / "eval.json")
     (run_dir / "eval.md").write_text(results.to_markdown() + "\n")
-    print(f"\n[{method}] held-out results ({run_dir / 'eval.json'}):\n{results.to_markdown()}")
+    if echo:
+        print(f"\n[{method}] held-out results ({run_dir / 'eval.json'}):\n{results.to_markdown()}")
+    else:
+        print(f"[{method}] held-out results saved to {run_dir / 'eval.json'}")
 
 
 def _world() -> tuple[int, int]:
@@ -112,8 +117,10 @@ def train_recipe(
     evaluate_after: bool = True,
     data: PreparedData | None = None,
     overwrite: bool = False,
+    echo_results: bool = True,
 ):
-    """Train ``method`` (default: the recipe's) and, unless told not to, evaluate it.
+    """Train ``method`` (default: the recipe's) and, unless told not to, evaluate it
+    (``echo_results=False``: save the results without printing their table).
 
     The run directory belongs to one run: the Trainer checks it (resuming another recipe's data
     or adapter is refused; ``overwrite=True`` deletes an earlier run first) before
@@ -188,7 +195,7 @@ def train_recipe(
     else:  # the Trainer's periodic eval also runs after the last step: reuse it
         results = last_eval.get("results") or _evaluate(model, tokenizer, recipe, data, method, {})
     results.metadata["train_seconds"] = train_seconds
-    _save_eval(results, run_dir, method)
+    _save_eval(results, run_dir, method, echo_results)
     return results
 
 
@@ -279,9 +286,10 @@ def run_comparison(
             run_dir.mkdir(parents=True, exist_ok=True)
             model, tokenizer = build_model(recipe, BASELINE)
             res = _evaluate(model, tokenizer, recipe, data, method, {})
-            _save_eval(res, run_dir, method)
+            _save_eval(res, run_dir, method, print_table)
         else:
-            res = train_recipe(recipe, method=method, output_dir=run_dir, data=data)
+            res = train_recipe(recipe, method=method, output_dir=run_dir, data=data,
+                               echo_results=print_table)  # fmt: skip
         results.append(res)
         timings[method] = time.perf_counter() - start
     table = comparison_table(results, names=list(methods))

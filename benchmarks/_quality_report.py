@@ -128,13 +128,7 @@ def frame_table(agg: dict) -> str:
     rows = []
     for ref, per_task in agg.get("frame_vs", {}).items():
         row = [f"frame − {ref} ({len(per_task[agg['tasks'][0]]['nll']['seeds'])} seeds)"]
-        for t in agg["tasks"]:
-            row.append("; ".join(
-                f"{label} {per_task[t][metric]['estimate'] * scale:+.3f} "
-                f"{_word(per_task[t][metric], metric)}"
-                for metric, scale, label in (("nll", 1.0, "NLL"), ("correct", 100.0, "acc"))
-            ))  # fmt: skip
-        rows.append(row)
+        rows.append(row + [_verdict_cell(per_task[t]) for t in agg["tasks"]])
     return markdown_table(["FRAME against", *agg["tasks"]], rows) if rows else ""
 
 
@@ -153,6 +147,14 @@ def _word(d: dict, metric: str) -> str:
     if not (d["low"] > 0 or d["high"] < 0):
         return "n.s."
     return "better" if (d["estimate"] < 0) == (metric == "nll") else "worse"
+
+
+def _verdict_cell(paired: dict) -> str:
+    """``{"nll": interval, "correct": interval}`` of one task -> 'NLL +0.087 worse; acc ...'."""
+    return "; ".join(
+        f"{label} {paired[metric]['estimate'] * scale:+.3f} {_word(paired[metric], metric)}"
+        for metric, scale, label in (("nll", 1.0, "NLL"), ("correct", 100.0, "acc"))
+    )
 
 
 def _verdict(d: dict, metric: str, ref: str) -> str:
@@ -214,14 +216,8 @@ def verdict_table(agg: dict) -> str:
     for m, e in agg["methods"].items():
         if m in ("base", REFERENCE) or f"minus_{REFERENCE}" not in e[agg["tasks"][0]]["nll"]:
             continue
-        row = [f"{m} ({len(e['seeds'])} seeds)"]
-        for t in agg["tasks"]:
-            cell = []
-            for metric, scale, label in (("nll", 1.0, "NLL"), ("correct", 100.0, "acc")):
-                d = e[t][metric][f"minus_{REFERENCE}"]
-                cell.append(f"{label} {d['estimate'] * scale:+.3f} {_word(d, metric)}")
-            row.append("; ".join(cell))
-        rows.append(row)
+        paired = [{k: e[t][k][f"minus_{REFERENCE}"] for k in METRICS} for t in agg["tasks"]]
+        rows.append([f"{m} ({len(e['seeds'])} seeds)", *map(_verdict_cell, paired)])
     return markdown_table(["vs MoE-LoRA", *agg["tasks"]], rows) if rows else ""
 
 

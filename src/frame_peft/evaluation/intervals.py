@@ -209,12 +209,9 @@ def seeds_and_items(
     n_seeds, n_items = table.shape
     rng = np.random.default_rng(seed)
     items = rng.integers(0, n_items, size=(n_boot, n_items))
-    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds)) if n_seeds > 1 else None
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))  # all 0 for one seed
     row_means = np.stack([row[items].mean(axis=1) for row in table])  # (S, n_boot)
-    if seeds is None:
-        means = row_means[0]
-    else:
-        means = np.take_along_axis(row_means.T, seeds, axis=1).mean(axis=1)
+    means = np.take_along_axis(row_means.T, seeds, axis=1).mean(axis=1)
     low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return Interval(float(table.mean()), float(low), float(high), int(n_items), level)
 

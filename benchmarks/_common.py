@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from frame_peft._files import write_json
+from frame_peft._files import write_json, write_text
 
 
 def write_results(out: Path, page: str, res: dict) -> Path:
     """Write a results page to ``out`` and its data beside it (``.json``); return the JSON path."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    write_text(out, page)
     return write_json(out.with_suffix(".json"), res, indent=1, newline=False)
 
 

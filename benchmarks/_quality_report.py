@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from frame_peft._tables import markdown_table
+from frame_peft.analysis.plotting import save_figure
 from frame_peft.evaluation.intervals import (
     bootstrap_ci,
     paired_difference,
@@ -326,8 +327,4 @@ def plot(agg: dict, path: Path) -> Path | None:
                 ax.axhline(0.0, color="grey", lw=0.8)
             ax.set_xticks(range(len(methods)), methods, rotation=60, fontsize=7)
             ax.set_title(f"{t}: {label}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)  # tight layout, 110 dpi, written atomically

@@ -31,6 +31,7 @@ import frame_peft as fp
 from _common import command_line, machine_info, write_results
 from _lm import load_model, method_config, shared_copy
 from bench_e2e import Runner, make_batch, time_rounds
+from frame_peft._files import write_text
 from frame_peft._tables import markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -135,7 +136,7 @@ def rerender(json_path: Path) -> None:
     import json
 
     res = json.loads(json_path.read_text())
-    json_path.with_suffix(".md").write_text(render(res))
+    write_text(json_path.with_suffix(".md"), render(res))
 
 
 def main(argv: list[str] | None = None) -> None:

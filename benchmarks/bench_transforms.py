@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from frame_peft._files import write_text
 from frame_peft._tables import markdown_table
 from frame_peft.transforms import dfrft, dfrft_basis, dfrft_matrix, frft
 from frame_peft.transforms import exact as exact_mod
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     return 0 if all(ok for _, ok, _ in targets) else 1
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from frame_peft import assets
+from frame_peft._files import write_text
 from frame_peft._tables import markdown_table
 from frame_peft.data import get_task
 from frame_peft.evaluation import evaluate_with_lm_eval, lm_eval_metrics, score_multiple_choice
@@ -71,7 +72,7 @@ Command: `OMP_NUM_THREADS=1 python benchmarks/mc_vs_lm_eval.py --items {args.ite
 
 Largest per-choice log-likelihood difference over {len(mine)} choices: {diff:.3g}.
 """
-    RESULTS.write_text(text)
+    write_text(RESULTS, text)
     print(text)
 
 

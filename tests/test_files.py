@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from frame_peft._files import append_json_line, atomic_write_bytes, write_json
+from frame_peft._files import append_json_line, atomic_write_bytes, write_json, write_text
 from frame_peft._tables import markdown_table
 
 
@@ -36,6 +36,42 @@ def test_write_json_formats_are_reachable_and_atomic(tmp_path):
         write_json(path, {"x": float("nan")}, allow_nan=False)
     assert path.read_bytes() == b'{\n "a": 2,\n "b": 1\n}'  # a failed write leaves the old file
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_write_text_is_utf8_and_a_failed_replace_keeps_the_old_file(tmp_path, monkeypatch):
+    path = write_text(tmp_path / "eval.md", "| tâche | acc |\n")
+    assert path.read_bytes() == "| tâche | acc |\n".encode()
+
+    def crash(src, dst):  # a crash between writing the temp file and renaming it
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk went away"):
+        write_text(path, "half")
+    assert path.read_text() == "| tâche | acc |\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.md"]  # the temp file was removed
+
+
+def test_save_figure_writes_atomically(tmp_path, monkeypatch):
+    from frame_peft.analysis.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "plot.png")
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+
+    def crash(src, dst):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk went away"):
+        save_figure(fig, path)
+    assert path.read_bytes() == before  # the new figure never half-replaced the old one
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
 def test_append_json_line(tmp_path):

@@ -63,6 +63,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write_bytes`); return the
+    path. A crash or a failed encode leaves the old file whole."""
+    path = Path(path)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
 def write_json(
     path: str | os.PathLike,
     obj: Any,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import assets
+from ._files import write_text
 from ._tables import markdown_table
 from .analysis.run import analyze_run
 from .evaluation import EvalResults, encode_pair
@@ -139,7 +140,7 @@ def run_quickstart(overrides: Sequence[str] = (), output_dir: str | Path | None 
     if with_intervals:
         _, tokenizer = load_base(recipe, for_training=False)
         section = heldout_intervals(results, list(recipe.compare), data.eval, tokenizer)
-        (root / "intervals.md").write_text(section + "\n")
+        write_text(root / "intervals.md", section + "\n")
         print(f"\n{section}\n")
     frame_run = root / "frame"
     if (frame_run / "run.json").is_file():  # what FRAME's experts learned: orders, routing, ...

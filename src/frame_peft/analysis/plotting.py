@@ -7,9 +7,12 @@ missing from an environment, :func:`pyplot` raises an error that says how to ins
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .._files import atomic_write_bytes
 
 DPI = 110
 
@@ -89,6 +92,8 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if fig.get_layout_engine() is None:  # figures made with layout="constrained" keep it
         fig.tight_layout()
-    fig.savefig(path, dpi=DPI, format="png")
+    buffer = io.BytesIO()  # rendered whole first: a failed draw leaves the old PNG
+    fig.savefig(buffer, dpi=DPI, format="png")
     pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

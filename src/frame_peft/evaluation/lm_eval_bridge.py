@@ -40,6 +40,7 @@ from typing import Any
 
 from torch import nn
 
+from .._files import write_text
 from ..data.types import Example
 from ._model_io import eval_mode
 
@@ -123,9 +124,7 @@ def write_local_task_yaml(
             "",
         ]
     )
-    path = directory / f"{task}.yaml"
-    path.write_text(text)
-    return path
+    return write_text(directory / f"{task}.yaml", text)
 
 
 def write_local_mc_task(directory: str | Path, task: str, examples: Sequence[Example]) -> Path:
@@ -140,11 +139,12 @@ def write_local_mc_task(directory: str | Path, task: str, examples: Sequence[Exa
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = directory / f"{task}.jsonl"
-    with data.open("w", encoding="utf-8") as f:
-        for ex in examples:
-            choices = [c[1:] for c in ex.choices] if spaced else list(ex.choices)
-            row = {"uid": ex.uid, "prompt": ex.prompt, "choices": choices, "label": ex.label}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = []
+    for ex in examples:
+        choices = [c[1:] for c in ex.choices] if spaced else list(ex.choices)
+        row = {"uid": ex.uid, "prompt": ex.prompt, "choices": choices, "label": ex.label}
+        rows.append(json.dumps(row, ensure_ascii=False) + "\n")
+    write_text(data, "".join(rows))
     return write_local_task_yaml(directory, task, data, target_delimiter=" " if spaced else "")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._files import write_json
+from .._files import write_json, write_text
 from ..analysis.plotting import pyplot, save_figure
 
 RESULTS_JSON = "results.json"
@@ -40,7 +40,7 @@ def write_outputs(
     output_dir.mkdir(parents=True, exist_ok=True)
     written = {"json": output_dir / RESULTS_JSON, "markdown": output_dir / RESULTS_MD}
     write_json(written["json"], results, sort_keys=True)
-    written["markdown"].write_text(markdown.rstrip() + "\n")
+    write_text(written["markdown"], markdown.rstrip() + "\n")
     plt = pyplot()
     for stem, draw in plots.items():
         written[stem] = save_figure(draw(plt), output_dir / f"{stem}.png")

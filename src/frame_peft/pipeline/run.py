@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._files import write_json
+from .._files import write_json, write_text
 from .._version import __version__
 from ..peft_bridge import count_parameters
 from ..recipes.data_prep import PreparedData, prepare_data
@@ -72,7 +72,7 @@ def _save_eval(results, run_dir: Path, method: str, echo: bool = True) -> None:
     """Write eval.json / eval.md; print the table unless ``echo=False`` (callers that print the
     results with their intervals: a lone table of point estimates invites reading noise)."""
     results.save_json(run_dir / "eval.json")
-    (run_dir / "eval.md").write_text(results.to_markdown() + "\n")
+    write_text(run_dir / "eval.md", results.to_markdown() + "\n")
     if echo:
         print(f"\n[{method}] held-out results ({run_dir / 'eval.json'}):\n{results.to_markdown()}")
     else:
@@ -295,7 +295,7 @@ def run_comparison(
     table = comparison_table(results, names=list(methods))
     note = OFFLINE_NOTE if recipe.data.source == "offline" else ""
     text = f"# {recipe.name}: {', '.join(methods)}\n\n{table}\n\n{note}\n"
-    (root / "compare.md").write_text(text)
+    write_text(root / "compare.md", text)
     write_json(
         root / "compare.json",
         {"methods": list(methods), "seconds": timings, "results": [r.to_dict() for r in results]},

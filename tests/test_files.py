@@ -9,7 +9,13 @@ import stat
 
 import pytest
 
-from frame_peft._files import append_json_line, atomic_write_bytes, write_json, write_text
+from frame_peft._files import (
+    append_json_line,
+    atomic_write_bytes,
+    write_json,
+    write_json_lines,
+    write_text,
+)
 from frame_peft._tables import markdown_table
 
 
@@ -38,21 +44,27 @@ def test_write_json_formats_are_reachable_and_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
-def test_write_text_is_utf8_and_a_failed_replace_keeps_the_old_file(tmp_path, monkeypatch):
-    path = write_text(tmp_path / "eval.md", "| tâche | acc |\n")
-    assert path.read_bytes() == "| tâche | acc |\n".encode()
+@pytest.fixture
+def replace_fails(monkeypatch):
+    """A crash between writing the temp file and renaming it over the old one."""
 
-    def crash(src, dst):  # a crash between writing the temp file and renaming it
+    def crash(src, dst):
         raise OSError("disk went away")
 
     monkeypatch.setattr(os, "replace", crash)
+
+
+def test_write_text_is_utf8_and_a_failed_replace_keeps_the_old_file(tmp_path, request):
+    path = write_text(tmp_path / "eval.md", "| tâche | acc |\n")
+    assert path.read_bytes() == "| tâche | acc |\n".encode()
+    request.getfixturevalue("replace_fails")
     with pytest.raises(OSError, match="disk went away"):
         write_text(path, "half")
     assert path.read_text() == "| tâche | acc |\n"
     assert [p.name for p in tmp_path.iterdir()] == ["eval.md"]  # the temp file was removed
 
 
-def test_save_figure_writes_atomically(tmp_path, monkeypatch):
+def test_save_figure_writes_atomically(tmp_path, request):
     from frame_peft.analysis.plotting import pyplot, save_figure
 
     plt = pyplot()
@@ -63,15 +75,16 @@ def test_save_figure_writes_atomically(tmp_path, monkeypatch):
     assert before.startswith(b"\x89PNG")
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
-
-    def crash(src, dst):
-        raise OSError("disk went away")
-
-    monkeypatch.setattr(os, "replace", crash)
+    request.getfixturevalue("replace_fails")
     with pytest.raises(OSError, match="disk went away"):
         save_figure(fig, path)
     assert path.read_bytes() == before  # the new figure never half-replaced the old one
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_write_json_lines_keeps_non_ascii(tmp_path):
+    path = write_json_lines(tmp_path / "p.jsonl", ({"i": i, "t": "é"} for i in range(2)))
+    assert path.read_text(encoding="utf-8") == '{"i": 0, "t": "é"}\n{"i": 1, "t": "é"}\n'
 
 
 def test_append_json_line(tmp_path):

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,13 @@ def write_json(
     path = Path(path)
     atomic_write_bytes(path, (text + "\n" if newline else text).encode())
     return path
+
+
+def write_json_lines(path: str | os.PathLike, records: Iterable[Any]) -> Path:
+    """Write a whole JSON-lines file atomically: one ``json.dumps(record, ensure_ascii=False)``
+    per line (non-ASCII text kept readable); return the path."""
+    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
+    return write_text(path, "".join(lines))
 
 
 def append_json_line(path: str | os.PathLike, record: Any) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 
 from torch import nn
 
-from .._files import write_text
+from .._files import write_json_lines, write_text
 from ..data.types import Example
 from ._model_io import eval_mode
 
@@ -142,9 +142,8 @@ def write_local_mc_task(directory: str | Path, task: str, examples: Sequence[Exa
     rows = []
     for ex in examples:
         choices = [c[1:] for c in ex.choices] if spaced else list(ex.choices)
-        row = {"uid": ex.uid, "prompt": ex.prompt, "choices": choices, "label": ex.label}
-        rows.append(json.dumps(row, ensure_ascii=False) + "\n")
-    write_text(data, "".join(rows))
+        rows.append({"uid": ex.uid, "prompt": ex.prompt, "choices": choices, "label": ex.label})
+    write_json_lines(data, rows)
     return write_local_task_yaml(directory, task, data, target_delimiter=" " if spaced else "")
 
 

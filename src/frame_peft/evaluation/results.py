@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._files import write_json, write_text
+from .._files import write_json, write_json_lines
 from .._tables import markdown_table
 from ..data.types import FAMILIES, TaskKind
 
@@ -170,12 +170,11 @@ class EvalResults:
         """Write one JSON line per example: ``{"task": ..., **record}``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [
-            json.dumps({"task": task, **record}, ensure_ascii=False) + "\n"
-            for task, records in self.predictions.items()
-            for record in records
-        ]
-        return write_text(path, "".join(lines))
+        return write_json_lines(
+            path,
+            ({"task": task, **record} for task, records in self.predictions.items()
+             for record in records),
+        )  # fmt: skip
 
     # -- tables ----------------------------------------------------------------------------------
 
